@@ -1,0 +1,94 @@
+"""Typed tensor containers shared by the data loaders and the trainers.
+
+A batch is a dataclass whose fields are tensors with the batch dimension first
+(or None). Subclasses list their fields with shape comments; this base gives them
+`to()`, `split()` and `cat()` so no trainer hand-slices a dict of tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Type, TypeVar
+
+import torch
+
+B = TypeVar("B", bound="TensorBatch")
+
+
+@dataclasses.dataclass
+class TensorBatch:
+    """Base for batch dataclasses: every field is a tensor `(B, ...)`, a list of
+    length B (texts, metadata), or None."""
+
+    def _tensor_fields(self):
+        for f in dataclasses.fields(self):
+            yield f.name, getattr(self, f.name)
+
+    def __len__(self) -> int:
+        for _, v in self._tensor_fields():
+            if isinstance(v, (torch.Tensor, list)):
+                return len(v)
+        return 0
+
+    def to(self: B, device, non_blocking: bool = False) -> B:
+        return dataclasses.replace(self, **{
+            k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in self._tensor_fields()})
+
+    def index(self: B, idx) -> B:
+        """Rows `idx` (slice, index tensor or list of ints) of every field."""
+        def take(v):
+            if isinstance(v, torch.Tensor):
+                return v[idx]
+            if isinstance(v, list):
+                if isinstance(idx, slice):
+                    return v[idx]
+                return [v[int(i)] for i in idx]
+            return v
+        return dataclasses.replace(self, **{k: take(v) for k, v in self._tensor_fields()})
+
+    def split(self: B, size: int) -> List[B]:
+        """Consecutive chunks of at most `size` rows."""
+        if size <= 0:
+            raise ValueError(f"split size must be positive, got {size}")
+        n = len(self)
+        return [self.index(slice(i, i + size)) for i in range(0, n, size)]
+
+    @classmethod
+    def cat(cls: Type[B], batches: List[B]) -> B:
+        """Concatenate along the batch dimension. Fields with different sequence
+        lengths are not padded here: callers pad first (see `pad_to`)."""
+        if not batches:
+            raise ValueError("cat() needs at least one batch")
+        out = {}
+        for f in dataclasses.fields(batches[0]):
+            vals = [getattr(b, f.name) for b in batches]
+            if all(v is None for v in vals):
+                out[f.name] = None
+            elif all(isinstance(v, torch.Tensor) for v in vals):
+                out[f.name] = torch.cat(vals, dim=0)
+            elif all(isinstance(v, list) for v in vals):
+                out[f.name] = [x for v in vals for x in v]
+            else:
+                out[f.name] = vals[0]
+        return type(batches[0])(**out)
+
+
+def pad_right(t: torch.Tensor, length: int, value) -> torch.Tensor:
+    """Pad the last dimension of `t` on the right to `length`."""
+    extra = length - t.shape[-1]
+    if extra < 0:
+        raise ValueError(f"cannot pad length {t.shape[-1]} down to {length}")
+    if extra == 0:
+        return t
+    return torch.nn.functional.pad(t, (0, extra), value=value)
+
+
+def pad_left(t: torch.Tensor, length: int, value) -> torch.Tensor:
+    """Pad the last dimension of `t` on the left to `length`."""
+    extra = length - t.shape[-1]
+    if extra < 0:
+        raise ValueError(f"cannot pad length {t.shape[-1]} down to {length}")
+    if extra == 0:
+        return t
+    return torch.nn.functional.pad(t, (extra, 0), value=value)
+
