@@ -13,6 +13,8 @@ vectorised scan on CPU) must agree with this loop.
 """
 import torch
 
+from ._checks import check_ndim, check_same_shape
+
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor,
         gamma: float, lam: float):
@@ -29,11 +31,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor,
     """
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
+    check_same_shape(rewards=rewards, values=values, action_mask=action_mask)
+    check_ndim("rewards", rewards, 2, "(B, T)")
     rewards, values = rewards.float(), values.float()
     mask = action_mask.bool()
     advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros_like(rewards[:, 0])
-    next_adv = torch.zeros_like(rewards[:, 0])
+    next_value = rewards.new_zeros(rewards.shape[0])
+    next_adv = rewards.new_zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         adv = delta + gamma * lam * next_adv

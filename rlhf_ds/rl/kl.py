@@ -11,6 +11,8 @@ score at the last response token.
 """
 import torch
 
+from ._checks import check_ndim, check_same_shape
+
 KL_ESTIMATORS = ("k1", "k2", "k3")
 # exp(20) ~ 4.9e8 is finite in fp32; beyond it k3 would overflow to inf.
 K3_LOG_RATIO_CLAMP = 20.0
@@ -35,7 +37,12 @@ def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask
         `(B, T)` fp32, exactly 0 where `action_mask` is 0.
     """
     _check_estimator(estimator)
-    log_ratio = logprobs.float() - ref_logprobs.float()
+    check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, action_mask=action_mask)
+    mask = action_mask.bool()
+    # Zero the log-ratio on masked positions before the estimator: padding may hold
+    # -inf or garbage, and k2/k3 of it would turn into NaN gradients even under the
+    # final where (0 * inf = NaN in the backward pass). Every estimator maps 0 to 0.
+    log_ratio = torch.where(mask, logprobs.float() - ref_logprobs.float(), 0.0)
     if estimator == "k1":
         kl = log_ratio
     elif estimator == "k2":
@@ -43,12 +50,15 @@ def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask
     else:
         log_ratio = log_ratio.clamp(-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP)
         kl = torch.expm1(-log_ratio) + log_ratio
-    return torch.where(action_mask.bool(), kl, torch.zeros_like(kl))
+    return torch.where(mask, kl, torch.zeros_like(kl))
 
 
 def last_action_index(action_mask: torch.Tensor) -> torch.Tensor:
     """`(B,)` index of the last 1 in each row of `action_mask` `(B, T)`; -1 for empty rows."""
+    check_ndim("action_mask", action_mask, 2, "(B, T)")
     t = action_mask.shape[-1]
+    if t == 0:  # amax over an empty dimension raises
+        return torch.full(action_mask.shape[:1], -1, dtype=torch.long, device=action_mask.device)
     positions = torch.arange(t, device=action_mask.device).expand_as(action_mask)
     return torch.where(action_mask.bool(), positions, torch.full_like(positions, -1)).amax(dim=-1)
 
@@ -67,6 +77,9 @@ def kl_shaped_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
         response token gets no score (there is no token to credit it to).
     """
     kl = per_token_kl(logprobs, ref_logprobs, action_mask, estimator)
+    if tuple(scores.shape) != tuple(action_mask.shape[:1]):
+        raise ValueError(f"scores must be (B,) = {tuple(action_mask.shape[:1])}, "
+                         f"got {tuple(scores.shape)}")
     rewards = -float(kl_coef) * kl
     last = last_action_index(action_mask)
     has_action = last >= 0
