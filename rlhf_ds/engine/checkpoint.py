@@ -1,0 +1,133 @@
+"""Resumable checkpoints: DeepSpeed engine states plus the trainer's own state, written atomically.
+
+Layout under `<save_dir>/checkpoints/<stage>/`:
+
+    latest                   the tag of the newest COMPLETE checkpoint (replaced atomically)
+    <tag>/<engine>/ckpt/     DeepSpeed's files for each trained engine (model, optimizer, scheduler)
+    <tag>/trainer_state.json step, data position, KL controller, ... (identical on every rank)
+    <tag>/rng_rank<r>.pt     each rank's RNG states (they differ by rank)
+    <tag>/extra_rank<r>.pt   per-rank tensors a trainer keeps (for example EMA shards)
+
+Every rank writes into `<tag>.partial/`; after a barrier rank 0 renames it to `<tag>` and only
+then points `latest` at it. A crash at any moment leaves `latest` naming a checkpoint that
+was completely written, so a resume never loads a torn one. Older checkpoints beyond
+`keep` are deleted after the new one is in place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import distributed as D
+from .engines import Engine
+
+LATEST = "latest"
+_ENGINE_TAG = "ckpt"
+
+
+def rng_state() -> Dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    def __init__(self, root: str, keep: int = 2):
+        self.root = root
+        self.keep = max(1, keep)
+
+    def latest_tag(self) -> Optional[str]:
+        path = os.path.join(self.root, LATEST)
+        if not os.path.isfile(path):
+            return None
+        tag = open(path, encoding="utf-8").read().strip()
+        if not tag or not os.path.isdir(os.path.join(self.root, tag)):
+            return None
+        return tag
+
+    def save(self, tag: str, engines: Dict[str, Engine], trainer_state: Dict,
+             extra: Optional[Dict[str, torch.Tensor]] = None) -> str:
+        """Collective: every rank must call it with the same tag."""
+        info = D.get_info()
+        final = os.path.join(self.root, tag)
+        staging = final + ".partial"
+        if info.is_main:
+            os.makedirs(self.root, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+        D.barrier()
+        for name, engine in engines.items():
+            engine.save_checkpoint(os.path.join(staging, name), _ENGINE_TAG)
+        torch.save(rng_state(), os.path.join(staging, f"rng_rank{info.rank}.pt"))
+        if extra:
+            torch.save(extra, os.path.join(staging, f"extra_rank{info.rank}.pt"))
+        if info.is_main:
+            _write_json_atomic(os.path.join(staging, "trainer_state.json"), trainer_state)
+        D.barrier()
+        if info.is_main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+            _write_json_atomic(os.path.join(self.root, LATEST), tag)
+            self._prune(keep_tag=tag)
+        D.barrier()
+        return final
+
+    def load(self, engines: Dict[str, Engine], tag: Optional[str] = None) -> Optional[Dict]:
+        """Restore engines and this rank's RNG; return the trainer state (None when there is nothing to
+        resume). Raises when the checkpoint was written by a different number of ranks."""
+        tag = tag or self.latest_tag()
+        if tag is None:
+            return None
+        info = D.get_info()
+        directory = os.path.join(self.root, tag)
+        state = json.load(open(os.path.join(directory, "trainer_state.json"), encoding="utf-8"))
+        saved_world = state.get("world_size", info.world_size)
+        if saved_world != info.world_size:
+            raise RuntimeError(f"checkpoint {directory} was written by {saved_world} ranks, this run has "
+                               f"{info.world_size}; exact resume needs the same number of ranks")
+        for name, engine in engines.items():
+            engine.load_checkpoint(os.path.join(directory, name), _ENGINE_TAG)
+        set_rng_state(torch.load(os.path.join(directory, f"rng_rank{info.rank}.pt"), weights_only=False))
+        extra_path = os.path.join(directory, f"extra_rank{info.rank}.pt")
+        state["_extra"] = torch.load(extra_path, weights_only=False) if os.path.exists(extra_path) else None
+        state["_tag"] = tag
+        return state
+
+    def tags(self) -> List[str]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted((d for d in os.listdir(self.root)
+                       if os.path.isdir(os.path.join(self.root, d)) and not d.endswith(".partial")),
+                      key=lambda d: os.path.getmtime(os.path.join(self.root, d)))
+
+    def _prune(self, keep_tag: str) -> None:
+        for d in os.listdir(self.root):
+            if d.endswith(".partial") and d != keep_tag + ".partial":
+                shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
+        older = [t for t in self.tags() if t != keep_tag]
+        for t in older[: max(0, len(older) - (self.keep - 1))]:
+            shutil.rmtree(os.path.join(self.root, t), ignore_errors=True)

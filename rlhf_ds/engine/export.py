@@ -1,0 +1,59 @@
+"""Export a trained engine's model as a Hugging Face directory (`save_pretrained` + tokenizer).
+
+The weights are gathered bucket by bucket onto rank 0 (ZeRO-3 shards become whole tensors),
+written to `<dir>.partial`, and renamed into place, so a crash during export never leaves a
+directory that `from_pretrained` would load half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Dict, Optional
+
+import torch
+
+from . import distributed as D
+from .engines import Engine
+
+
+def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None,
+                      state_transform=None) -> str:
+    """Save `engine.module.<attr>` (a PreTrainedModel) with full weights to `out_dir`. Collective.
+
+    `state_transform(state_dict, hf_model) -> (state_dict, model_to_save)` lets the LoRA code merge
+    adapters into a full-precision copy before writing.
+    """
+    state = engine.full_state_dict()
+    if D.get_info().is_main:
+        hf_model = getattr(engine.module, attr)
+        state = strip_prefix(state, f"{attr}.")
+        to_save = hf_model
+        if state_transform is not None:
+            state, to_save = state_transform(state, hf_model)
+        staging = out_dir.rstrip("/") + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        to_save.save_pretrained(staging, state_dict=state, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if metadata is not None:
+            with open(os.path.join(staging, "rlhf_ds.json"), "w", encoding="utf-8") as f:
+                json.dump(metadata, f, indent=2)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(staging, out_dir)
+    D.barrier()
+    return out_dir
+
+
+def read_metadata(model_dir: str) -> Optional[Dict]:
+    """The `rlhf_ds.json` written at export (None for directories we did not write)."""
+    path = os.path.join(model_dir, "rlhf_ds.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
