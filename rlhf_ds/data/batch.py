@@ -7,7 +7,7 @@ A batch is a dataclass whose fields are tensors with the batch dimension first
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Type, TypeVar
+from typing import List, Optional, Type, TypeVar
 
 import torch
 
@@ -92,3 +92,41 @@ def pad_left(t: torch.Tensor, length: int, value) -> torch.Tensor:
         return t
     return torch.nn.functional.pad(t, (extra, 0), value=value)
 
+
+
+# ------------------------------------------------------------------ data batches
+# Built by `rlhf_ds.data.collate`. Token masks are aligned with `input_ids` (not
+# shifted): a model's logits at t-1 score the token at t, so losses shift by one.
+
+@dataclasses.dataclass
+class SFTBatch(TensorBatch):
+    """Right-padded supervised batch."""
+    input_ids: torch.Tensor        # (B, T) long, pad id after the text
+    attention_mask: torch.Tensor   # (B, T) long, 1 on real tokens
+    labels: torch.Tensor           # (B, T) long, = input_ids on assistant tokens, -100 elsewhere
+
+
+@dataclasses.dataclass
+class RankingBatch(TensorBatch):
+    """K responses per prompt, right-padded; pairs are K=2 with the chosen first.
+
+    A missing entry (a record with fewer than K responses) holds the prompt alone,
+    so a model can run on it without fully masked rows, and has rank -1 and an
+    all-zero `action_mask`: losses must skip it. Run a model on
+    `input_ids.view(B * K, T)`.
+    """
+    input_ids: torch.Tensor        # (B, K, T) long
+    attention_mask: torch.Tensor   # (B, K, T) long, 1 on prompt + response tokens
+    action_mask: torch.Tensor      # (B, K, T) long, 1 on response tokens that are trained on
+    ranks: torch.Tensor            # (B, K) long, 0 = best, ties equal, -1 = missing
+    margins: Optional[torch.Tensor] = None   # (B,) float, 0 where a record gave none
+
+
+@dataclasses.dataclass
+class PromptBatch(TensorBatch):
+    """Left-padded prompts for generation: every row ends at the same position, so
+    generated tokens of all rows start at column P."""
+    input_ids: torch.Tensor        # (B, P) long, pad id before the text
+    attention_mask: torch.Tensor   # (B, P) long, 1 on real tokens
+    prompts: List[str]             # B rendered prompts (with the generation prompt)
+    meta: List[dict]               # B dicts: the prompt records' other fields

@@ -1,0 +1,249 @@
+"""Read raw rows, each with the place it came from, out of files or datasets.
+
+Sources and how each is read:
+
+- `.jsonl` and JSON-lines `.json`: parsed here, line by line, so that a broken line
+  is reported with its own line number (the `datasets` JSON reader fails on the
+  whole file instead). Blank lines are skipped and counted.
+- `.json` holding one JSON array: parsed here with `JSONDecoder.raw_decode`, which
+  gives each element's offset, hence its line. A syntax error inside an array
+  cannot be skipped (the rest of the file has no record boundaries), so it is
+  always fatal.
+- `.txt`: one plain-text prompt per non-blank line.
+- `.csv`, `.parquet`: read through `datasets.load_dataset`. CSV rows are mapped to
+  the physical line where they start (a quoted cell may span lines) by a pass of
+  the `csv` module; parquet rows are numbered from 0.
+- a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`:
+  `datasets.load_from_disk`; any other directory (data files, no script) and any
+  name that is not a local path: `datasets.load_dataset(name, split=split)`, the
+  latter from the Hugging Face hub. Rows are numbered from 0.
+
+Every row is a `RawRow`: its `Location`, its value (a dict, a string, or anything
+the JSON held) and, for a text line that is not valid JSON, the parse error.
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+from typing import Any, List, Optional
+
+from rlhf_ds.data.records import DataFormatError, Location
+
+JSON_SUFFIXES = (".json", ".jsonl")
+FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".parquet")
+
+
+@dataclasses.dataclass
+class RawRow:
+    location: Location
+    value: Any
+    json_error: Optional[str] = None   # set when `value` is a text line that failed to parse
+
+
+@dataclasses.dataclass
+class RawRows:
+    source: str
+    rows: List[RawRow]
+    blank_lines: int = 0
+
+
+def read_rows(source, split: str = "train", cache_dir: Optional[str] = None,
+              **load_kwargs) -> RawRows:
+    """All rows of `source` (a path or a hub dataset name), in order."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        return _read_dataset_dir(path, split, cache_dir, load_kwargs)
+    if os.path.isfile(path):
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".jsonl":
+            return _read_json_lines(path)
+        if suffix == ".json":
+            return _read_json(path)
+        if suffix == ".txt":
+            return _read_text_lines(path)
+        if suffix == ".csv":
+            return _read_csv(path, cache_dir)
+        if suffix == ".parquet":
+            return _read_with_datasets(path, "parquet", cache_dir)
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; "
+                         f"expected one of {', '.join(FILE_SUFFIXES)} or a dataset directory")
+    if path.lower().endswith(FILE_SUFFIXES) or os.sep in path and not _looks_like_hub_name(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return _read_hub(path, split, cache_dir, load_kwargs)
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything with more slashes is a path.
+    return name.count("/") <= 1 and not name.startswith((".", "/"))
+
+
+# ---------------------------------------------------------------- JSON and text
+
+def _decode_line(raw: bytes, first: bool) -> str:
+    # utf-8-sig on the first line drops a byte-order mark written by some editors.
+    return raw.decode("utf-8-sig" if first else "utf-8").rstrip("\r\n")
+
+
+def _read_json_lines(path: str) -> RawRows:
+    rows, blank = [], 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            loc = Location(path, number)
+            try:
+                text = _decode_line(raw, number == 1)
+            except UnicodeDecodeError as e:
+                rows.append(RawRow(loc, raw.decode("utf-8", "replace"), f"not valid UTF-8 ({e.reason})"))
+                continue
+            if not text.strip():
+                blank += 1
+                continue
+            try:
+                rows.append(RawRow(loc, json.loads(text)))
+            except json.JSONDecodeError as e:
+                rows.append(RawRow(loc, text, f"invalid JSON: {e.msg} (column {e.colno})"))
+    return RawRows(path, rows, blank)
+
+
+def _read_text_lines(path: str) -> RawRows:
+    rows, blank = [], 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            loc = Location(path, number)
+            try:
+                text = _decode_line(raw, number == 1)
+            except UnicodeDecodeError as e:
+                rows.append(RawRow(loc, None, f"not valid UTF-8 ({e.reason})"))
+                continue
+            if not text.strip():
+                blank += 1
+                continue
+            rows.append(RawRow(loc, text))
+    return RawRows(path, rows, blank)
+
+
+def _read_json(path: str) -> RawRows:
+    """A `.json` file: a JSON array of records, or JSON lines under a .json name."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(Location(path, data.count(b"\n", 0, e.start) + 1),
+                              f"not valid UTF-8 ({e.reason})") from None
+    start = len(text) - len(text.lstrip())
+    if not text[start:start + 1] == "[":
+        return _read_json_lines(path)
+    return RawRows(path, _parse_json_array(text, start, path))
+
+
+def _parse_json_array(text: str, pos: int, path: str) -> List[RawRow]:
+    newlines = [i for i, c in enumerate(text) if c == "\n"]
+
+    def loc(offset: int) -> Location:
+        return Location(path, bisect.bisect_left(newlines, offset) + 1)
+
+    def skip_ws(p: int) -> int:
+        while p < len(text) and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    decoder = json.JSONDecoder()
+    rows: List[RawRow] = []
+    pos = skip_ws(pos + 1)          # past "["
+    if text[pos:pos + 1] == "]":
+        return rows
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(loc(e.pos), f"invalid JSON in array element {len(rows)}: {e.msg}; "
+                                  "a broken JSON array cannot be skipped past") from None
+        rows.append(RawRow(loc(pos), value))
+        pos = skip_ws(end)
+        sep = text[pos:pos + 1]
+        if sep == ",":
+            pos = skip_ws(pos + 1)
+        elif sep == "]":
+            break
+        else:
+            raise DataFormatError(loc(pos), "invalid JSON array: expected ',' or ']' after element "
+                                  f"{len(rows) - 1}, found {sep or 'end of file'!r}")
+    if text[pos + 1:].strip():
+        raise DataFormatError(loc(skip_ws(pos + 1)), "extra data after the closing ']' of the JSON array")
+    return rows
+
+
+# --------------------------------------------------------- through `datasets`
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Silence `datasets` progress bars for a small local load, restoring the setting."""
+    import datasets
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _rows_of(dataset, source: str, first_lines: Optional[List[int]] = None) -> List[RawRow]:
+    if first_lines is not None:
+        return [RawRow(Location(source, line), row) for line, row in zip(first_lines, dataset)]
+    return [RawRow(Location(source, i, "row"), row) for i, row in enumerate(dataset)]
+
+
+def _read_with_datasets(path: str, builder: str, cache_dir: Optional[str]) -> RawRows:
+    with _quiet_datasets() as datasets:
+        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
+    return RawRows(path, _rows_of(ds, path))
+
+
+def _csv_record_lines(path: str) -> List[int]:
+    """Physical line where each data record starts (header excluded). Blank lines are
+    skipped, as pandas (behind the `datasets` CSV reader) skips them."""
+    starts, previous_end = [], 0
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if row:
+                starts.append(start)
+    return starts[1:]
+
+
+def _read_csv(path: str, cache_dir: Optional[str]) -> RawRows:
+    with _quiet_datasets() as datasets:
+        ds = datasets.load_dataset("csv", data_files=path, split="train", cache_dir=cache_dir)
+    try:
+        lines = _csv_record_lines(path)
+    except (csv.Error, UnicodeDecodeError):
+        lines = []
+    # If the csv module and pandas disagree on record boundaries, row numbers are
+    # still exact where guessed line numbers would not be.
+    return RawRows(path, _rows_of(ds, path, lines if len(lines) == len(ds) else None))
+
+
+def _read_dataset_dir(path: str, split: str, cache_dir, load_kwargs) -> RawRows:
+    saved = any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+    with _quiet_datasets() as datasets:
+        if saved:
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise ValueError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path, split=split, cache_dir=cache_dir, **load_kwargs)
+    return RawRows(path, _rows_of(ds, path))
+
+
+def _read_hub(name: str, split: str, cache_dir, load_kwargs) -> RawRows:
+    with _quiet_datasets() as datasets:
+        ds = datasets.load_dataset(name, split=split, cache_dir=cache_dir, **load_kwargs)
+    return RawRows(name, _rows_of(ds, name))
