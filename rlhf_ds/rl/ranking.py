@@ -78,7 +78,7 @@ def valid_entries(scores: torch.Tensor, ranks: torch.Tensor,
     return valid
 
 
-def preference_pairs(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _preference_pairs(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """`(B, K, K)` bool: [b, i, j] is True where entry i is ranked strictly better than j."""
     both = valid[:, :, None] & valid[:, None, :]
     return both & (ranks[:, :, None] < ranks[:, None, :])
@@ -110,7 +110,7 @@ def kwise_ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional
     check_count("num_groups", num_groups)
     # Missing entries may hold garbage: zero them before differences (NaN gradients).
     s = torch.where(valid, scores.float(), 0.0)
-    pairs = preference_pairs(ranks, valid)
+    pairs = _preference_pairs(ranks, valid)
     diff = s[:, :, None] - s[:, None, :]
     per_pair = torch.where(pairs, -F.logsigmoid(diff), 0.0)
     pairs_per_group = pairs.sum(dim=(1, 2))

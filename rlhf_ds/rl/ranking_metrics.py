@@ -22,16 +22,21 @@ import torch
 from .ranking import valid_entries
 
 
-def _pair_signs(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """`(B, K, K)` sign(x_i - x_j) over valid pairs i < j, 0 elsewhere."""
-    k = x.shape[1]
-    upper = torch.ones(k, k, dtype=torch.bool, device=x.device).triu(diagonal=1)
-    keep = valid[:, :, None] & valid[:, None, :] & upper
-    return torch.where(keep, torch.sign(x[:, :, None] - x[:, None, :]), 0.0)
+def _unordered_pairs(valid: torch.Tensor) -> torch.Tensor:
+    """`(B, K, K)` bool: [b, i, j] for i < j, both entries present (each pair once)."""
+    k = valid.shape[1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=valid.device).triu(diagonal=1)
+    return valid[:, :, None] & valid[:, None, :] & upper
+
+
+def _pair_signs(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """`(B, K, K)` sign(x_i - x_j) on `pairs`, 0 elsewhere."""
+    return torch.where(pairs, torch.sign(x[:, :, None] - x[:, None, :]), 0.0)
 
 
 @torch.no_grad()
-def kendall_tau(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def kendall_tau(scores: torch.Tensor, ranks: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Kendall's tau-b per group: `(n_c - n_d) / sqrt((n0 - n1)(n0 - n2))` (Kendall 1945).
 
     Args:
@@ -45,14 +50,12 @@ def kendall_tau(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional[torch.
     valid = valid_entries(scores, ranks, mask)
     x = torch.where(valid, scores.double(), 0.0)
     y = torch.where(valid, -ranks.double(), 0.0)  # negate: rank 0 is the best
-    sx, sy = _pair_signs(x, valid), _pair_signs(y, valid)
+    pairs = _unordered_pairs(valid)
+    sx, sy = _pair_signs(x, pairs), _pair_signs(y, pairs)
     n = valid.sum(dim=1).double()
     n0 = n * (n - 1) / 2
-    k = scores.shape[1]
-    upper = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(diagonal=1)
-    pair = valid[:, :, None] & valid[:, None, :] & upper
-    tied_x = (pair & (sx == 0)).sum(dim=(1, 2)).double()
-    tied_y = (pair & (sy == 0)).sum(dim=(1, 2)).double()
+    tied_x = (pairs & (sx == 0)).sum(dim=(1, 2)).double()
+    tied_y = (pairs & (sy == 0)).sum(dim=(1, 2)).double()
     denominator = torch.sqrt((n0 - tied_x) * (n0 - tied_y))
     numerator = (sx * sy).sum(dim=(1, 2))
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
@@ -68,7 +71,8 @@ def _average_ranks(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def spearman_rho(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def spearman_rho(scores: torch.Tensor, ranks: torch.Tensor,
+                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Spearman's rho per group: the Pearson correlation of average ranks.
 
     Args:

@@ -109,5 +109,6 @@ class RunningMoments:
 
     def load_state_dict(self, state: Dict[str, float]) -> None:
         if set(state) != {"count", "mean", "m2"}:
-            raise ValueError(f"RunningMoments state_dict keys must be ['count', 'm2', 'mean'], got {sorted(state)}")
+            raise ValueError("RunningMoments state_dict keys must be ['count', 'm2', 'mean'], "
+                             f"got {sorted(state)}")
         self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
