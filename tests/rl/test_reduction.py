@@ -66,6 +66,15 @@ def test_sequence_mean():
     assert sequence_mean(x[:2], 6).item() + sequence_mean(x[2:], 6).item() == 2.0
 
 
+def test_sequence_mean_matches_loop():
+    x = torch.randn(11, generator=torch.Generator().manual_seed(2))
+    total = 0.0
+    for v in x.tolist():
+        total += v
+    assert abs(sequence_mean(x).item() - total / 11) < 1e-6
+    assert abs(sequence_mean(x, num_sequences=torch.tensor(40)).item() - total / 40) < 1e-7
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="shape mismatch"):
         token_mean(torch.zeros(2, 3), torch.zeros(3, 2))
