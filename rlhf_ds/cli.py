@@ -1,0 +1,82 @@
+"""Command-line entry points behind `launch/*.py`.
+
+    deepspeed launch/train_ppo.py --deepspeed configs/zero3.json [--config FILE] [--save_dir DIR]
+                                  [--resume] [--section.key=value ...]
+
+`--deepspeed` is short for `--deepspeed.config`; `--local_rank`, which the deepspeed launcher
+adds, is accepted and ignored (the rank comes from the environment). `--help` lists every key.
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional, Tuple
+
+from .config import ConfigError, describe
+
+USAGE = ("usage: {prog} [--deepspeed DS_JSON] [--config FILE.yaml|json] [--save_dir DIR] [--resume] "
+         "[--section.key=value ...]\n       {prog} --help   (every key, its default and allowed values)")
+
+
+def split_args(argv: List[str]) -> Tuple[Optional[str], List[str]]:
+    """(config file, override list) from raw arguments."""
+    config_file, out = None, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        takes_next = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        if key in ("--local_rank", "--local-rank"):
+            i += 1 if eq or not takes_next else 2
+            continue
+        if key == "--resume" and not eq and not takes_next:
+            out.append("--resume=true")
+            i += 1
+            continue
+        if key in ("--config", "--deepspeed", "--save_dir", "--save-dir"):
+            if not eq and not takes_next:
+                raise ConfigError(f"command line: {key} needs a value")
+            val = value if eq else argv[i + 1]
+            if key == "--config":
+                config_file = val
+            elif key == "--deepspeed":
+                out.append(f"--deepspeed.config={val}")
+            else:
+                out.append(f"--save_dir={val}")
+            i += 1 if eq else 2
+            continue
+        out.append(arg)
+        i += 1
+    return config_file, out
+
+
+def _pipeline(argv: List[str], prog: str):
+    from .pipeline import create_rlhf_pipeline
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(prog=prog))
+        print(describe())
+        raise SystemExit(0)
+    try:
+        config_file, overrides = split_args(argv)
+        return create_rlhf_pipeline(config_file, overrides)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main_sft(argv: Optional[List[str]] = None) -> None:
+    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_sft.py")
+    pipe.run_sft()
+    pipe.finish()
+
+
+def main_rm(argv: Optional[List[str]] = None) -> None:
+    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_rm.py")
+    pipe.run_reward_training()
+    pipe.finish()
+
+
+def main_ppo(argv: Optional[List[str]] = None) -> None:
+    """The full recipe: SFT and reward model when missing, then PPO, then the summary."""
+    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_ppo.py")
+    pipe.run_full_pipeline()

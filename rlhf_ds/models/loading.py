@@ -1,0 +1,94 @@
+"""Loading Hugging Face tokenizers and models for each role (policy, reward, critic).
+
+All loaders go through `from_pretrained`, so inside the engine's ZeRO-3 construction
+context each rank only ever materialises its shard. A local directory and a hub id are
+treated alike; tests use local directories in the hub's format.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..data.special_tokens import ensure_pad_token
+
+
+def quiet_transformers() -> None:
+    """Progress bars of weight loading on every rank drown the run's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """A tokenizer with a pad token distinct from EOS (added when missing)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    ensure_pad_token(tok)
+    return tok
+
+
+def _attn_kwargs(attn_implementation: str):
+    if attn_implementation in (None, "auto"):
+        return {}
+    if attn_implementation == "flash_attention_2" and not torch.cuda.is_available():
+        raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
+                         "package (pip install -e '.[gpu]'); use sdpa or eager on CPU")
+    return {"attn_implementation": attn_implementation}
+
+
+def _align_special_tokens(model, tokenizer) -> None:
+    """Make the model agree with the tokenizer on vocabulary size and special ids."""
+    if tokenizer is None:
+        return
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and \
+            getattr(model.get_input_embeddings().weight, "ds_numel", None) is None:
+        model.resize_token_embeddings(len(tokenizer))
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            setattr(model.config, key, value)
+            if getattr(model, "generation_config", None) is not None:
+                setattr(model.generation_config, key, value)
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, tokenizer=None,
+                   attn_implementation: str = "auto", trust_remote_code: bool = False,
+                   gradient_checkpointing: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **_attn_kwargs(attn_implementation))
+    _align_special_tokens(model, tokenizer)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def load_scalar_model(path: str, dtype: torch.dtype = torch.float32, tokenizer=None,
+                      attn_implementation: str = "auto", trust_remote_code: bool = False,
+                      gradient_checkpointing: bool = False):
+    """`AutoModelForSequenceClassification` with one label, from a reward-model directory or from a
+    causal-LM directory (then the `score` head is new, the backbone is the LM's)."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
+        **_attn_kwargs(attn_implementation))
+    _align_special_tokens(model, tokenizer)
+    if model.config.pad_token_id is None:
+        raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS (scores of a "
+                         f"padded batch would otherwise be read at the wrong token)")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def is_model_dir(path: Optional[str]) -> bool:
+    return bool(path) and os.path.isfile(os.path.join(path, "config.json"))

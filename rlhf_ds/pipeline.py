@@ -1,0 +1,186 @@
+"""RLHFConfig -> run_sft -> run_reward_training -> run_ppo_training, with outputs as in DESIGN.md.
+
+    pipeline = create_rlhf_pipeline("configs/demo.yaml", ["--ppo.iterations=10"])
+    summary = pipeline.run_full_pipeline()
+
+A stage whose exported model already exists (`sft/`, `reward_model/`) is reused, so a
+second run goes straight to PPO; `--resume` continues an interrupted stage from its last
+checkpoint. With no model given, the embedded demo task supplies data, tokenizer and a
+tiny base model, built on rank 0 under `save_dir/task/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from .config import RLHFConfig, load_config
+from .engine import barrier, init_distributed, load_ds_config, read_metadata, resolve_precision
+from .logging import MetricsLogger, get_logger, write_plots
+from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
+from .trainers.common import RunContext
+
+PLOTS = {
+    "sft": ["loss", "eval_loss", "lr"],
+    "reward": ["loss", "accuracy", "eval_accuracy", "eval_margin"],
+    "ppo": ["reward_mean", "gold_reward", "eval_gold_reward", "kl", "clip_fraction", "entropy", "value_loss",
+            "response_length"],
+}
+
+
+class RLHFPipeline:
+    def __init__(self, cfg: RLHFConfig):
+        self.cfg = cfg
+        self.dist = init_distributed(cfg.model.device)
+        self.log = get_logger(cfg.logging.log_level, self.dist.rank)
+        quiet_transformers()
+        self.t0 = time.time()
+        self.summary: Dict[str, Any] = {}
+        os.makedirs(cfg.save_dir, exist_ok=True)
+        self.ds_config = load_ds_config(cfg.deepspeed.config)
+        precision = cfg.model.dtype if cfg.model.dtype != "auto" else "auto"
+        self.precision = resolve_precision(precision, self.dist.device)
+        if self.dist.is_main:
+            cfg.save(os.path.join(cfg.save_dir, "config.json"))
+        self.task_paths: Dict[str, str] = {}
+        self.gold_fn, self.gold_max = None, None
+        if cfg.is_demo:
+            self._prepare_demo()
+        tok_path = cfg.model.tokenizer_path or cfg.model.sft_model_path or cfg.model.name_or_path or \
+            self.task_paths["tokenizer"]
+        self.tokenizer = load_tokenizer(tok_path, cfg.model.trust_remote_code)
+        self.metrics = MetricsLogger(os.path.join(cfg.save_dir, "logs"), enabled=self.dist.is_main,
+                                     tensorboard=cfg.logging.tensorboard)
+        self.log.info(f"rlhf_ds: {self.dist.world_size} rank(s), {self.dist.backend} on {self.dist.device.type}, "
+                      f"{self.precision}, DeepSpeed config {cfg.deepspeed.config} "
+                      f"(ZeRO-{self.ds_config.get('zero_optimization', {}).get('stage', 0)}), "
+                      f"output in {cfg.save_dir}" + (" [demo task]" if cfg.is_demo else ""))
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_demo(self) -> None:
+        from . import tasks
+
+        d = self.cfg.data
+        sizes = dict(sft=d.demo_sft_records, preference=d.demo_preference_records, prompts=d.demo_prompt_records,
+                     eval_prompts=d.demo_eval_prompts, ranking=max(1, d.demo_ranking_records))
+        task_dir = os.path.join(self.cfg.save_dir, "task")
+        if self.dist.is_main:
+            tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, **sizes)
+        barrier()
+        self.task_paths = tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, **sizes)
+        self.gold_fn, self.gold_max = tasks.gold_rewards, float(tasks.GOLD_REWARD_MAX)
+
+    def _context(self) -> RunContext:
+        return RunContext(cfg=self.cfg, dist=self.dist, ds_config=self.ds_config, precision=self.precision,
+                          log=self.log, metrics=self.metrics, tokenizer=self.tokenizer,
+                          gold_reward_fn=self.gold_fn, gold_reward_max=self.gold_max)
+
+    def _data(self, configured: Optional[str], demo_name: str, what: str) -> str:
+        if configured:
+            return configured
+        if self.cfg.is_demo:
+            return self.task_paths[f"data_{demo_name}"]
+        raise ValueError(f"{what}: no data given (set it in the config or on the command line)")
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.save_dir, name)
+
+    # ------------------------------------------------------------------ stages
+    def sft_model(self) -> str:
+        return self.cfg.model.sft_model_path or self.path("sft")
+
+    def reward_model(self) -> str:
+        return self.cfg.model.reward_model_path or self.path("reward_model")
+
+    def run_sft(self) -> Dict[str, Any]:
+        from .trainers.sft import train_sft
+
+        init = self.cfg.model.name_or_path or self.task_paths["base_model"]
+        data = self._data(self.cfg.sft.data_path, "sft", "sft.data_path")
+        out = train_sft(self._context(), init, data, self.path("sft"))
+        self.summary.update(out)
+        return out
+
+    def run_reward_training(self) -> Dict[str, Any]:
+        from .trainers.reward import train_reward
+
+        cfg = self.cfg
+        data = self._data(cfg.reward.data_path, "preference", "reward.data_path")
+        if cfg.is_demo and cfg.reward.data_path is None and cfg.reward.eval_path is None:
+            # The demo's held-out pairs come from held-out prompts: a fairer test than a random split.
+            cfg.reward.eval_path = self.task_paths["data_preference_eval"]
+        out = train_reward(self._context(), self._require(self.sft_model(), "an SFT model"), data, self.path("reward_model"))
+        self.summary.update(out)
+        return out
+
+    def run_ppo_training(self) -> Dict[str, Any]:
+        from .trainers.ppo import train_ppo
+
+        cfg = self.cfg
+        prompts = self._data(cfg.ppo.prompt_path, "prompts", "ppo.prompt_path")
+        eval_prompts = cfg.ppo.eval_prompt_path or (self.task_paths["data_eval_prompts"] if cfg.is_demo else None)
+        ptx = cfg.ppo.ptx_data_path or (self._data(cfg.sft.data_path, "sft", "ppo.ptx_data_path")
+                                        if cfg.ppo.ptx_coef > 0 else None)
+        out = train_ppo(self._context(), self._require(self.sft_model(), "an SFT model"),
+                        self._require(self.reward_model(), "a reward model"), prompts, eval_prompts, ptx,
+                        self.path("ppo"))
+        self.summary.update(out)
+        return out
+
+    def _require(self, path: str, what: str) -> str:
+        if not is_model_dir(path) and not (path and not os.path.exists(path) and "/" in path and
+                                           not path.startswith((".", "/"))):
+            raise FileNotFoundError(f"PPO needs {what} at {path}; train it first (run_sft / run_reward_training) "
+                                    f"or point model.sft_model_path / model.reward_model_path at one")
+        return path
+
+    def _stage_done(self, path: str) -> bool:
+        return is_model_dir(path) and read_metadata(path) is not None
+
+    def run_full_pipeline(self) -> Dict[str, Any]:
+        """SFT and reward model when missing (reused when present), then PPO; writes the summary."""
+        if self.cfg.model.sft_model_path is None and self._stage_done(self.path("sft")):
+            self.log.info(f"sft: reusing {self.path('sft')}")
+        elif self.cfg.model.sft_model_path is None:
+            self.run_sft()
+        if self.cfg.model.reward_model_path is None and self._stage_done(self.path("reward_model")):
+            meta = read_metadata(self.path("reward_model")) or {}
+            self.summary["rm_eval_accuracy"] = meta.get("eval_accuracy")
+            self.log.info(f"reward: reusing {self.path('reward_model')} (eval accuracy {meta.get('eval_accuracy')})")
+        elif self.cfg.model.reward_model_path is None:
+            self.run_reward_training()
+        self.run_ppo_training()
+        return self.finish()
+
+    def finish(self) -> Dict[str, Any]:
+        s = self.summary
+        s["gold_reward_max"] = self.gold_max
+        s["wall_time_s"] = time.time() - self.t0
+        s["world_size"] = self.dist.world_size
+        sft, ppo, top = s.get("gold_reward_sft"), s.get("gold_reward_ppo"), self.gold_max
+        if None not in (sft, ppo, top) and top > sft:
+            s["gold_gap_closed"] = (ppo - sft) / (top - sft)
+        if self.dist.is_main:
+            path = os.path.join(self.cfg.save_dir, "logs", "summary.json")
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(s, f, indent=2)
+            os.replace(tmp, path)
+            if self.cfg.logging.plots:
+                write_plots(self.metrics.path, self.path("plots"), PLOTS)
+            self.log.info("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()
+                                                  if k not in ("tokens_total", "work_s")))
+        self.metrics.close()
+        barrier()
+        return s
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def create_rlhf_pipeline(source: Any = None, overrides: Optional[List[str]] = None) -> RLHFPipeline:
+    """A pipeline from a config (RLHFConfig, dict, JSON/YAML path, or None for the demo) plus
+    `--section.key=value` overrides."""
+    return RLHFPipeline(load_config(source, overrides))
