@@ -94,6 +94,9 @@ class ChatFormatter:
         self.tokenizer = tokenizer
         self.template = resolve_template(tokenizer, chat_template)
         self.uses_plain_template = self.template == PLAIN_CHAT_TEMPLATE
+        # For reports: "plain" (ours), "tokenizer" (its own) or "custom" (passed in).
+        self.template_source = ("plain" if self.uses_plain_template
+                                else "custom" if chat_template else "tokenizer")
         self.bos_ids = _leading_special_ids(tokenizer)
         self.eos_id = tokenizer.eos_token_id
 

@@ -69,7 +69,7 @@ def token_report(result: LoadResult, tokenizer_dir: str, chat_template: Optional
 
     prompt, full, _ = run(None, None)
     report = {"tokenizer": tokenizer_dir,
-              "template": "plain" if formatter.uses_plain_template else "custom/tokenizer",
+              "template": formatter.template_source,
               "prompt": describe(prompt), "full": describe(full), "truncation": None}
     if max_length is not None or max_prompt_length is not None:
         st = run(max_length, max_prompt_length)[2]

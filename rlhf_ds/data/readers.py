@@ -23,7 +23,6 @@ the JSON held) and, for a text line that is not valid JSON, the parse error.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import csv
 import dataclasses
@@ -135,16 +134,30 @@ def _read_json(path: str) -> RawRows:
         raise DataFormatError(Location(path, data.count(b"\n", 0, e.start) + 1),
                               f"not valid UTF-8 ({e.reason})") from None
     start = len(text) - len(text.lstrip())
-    if not text[start:start + 1] == "[":
+    if text[start:start + 1] == "{" and "\n" in text.strip():
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None          # not one object: JSON lines, checked line by line
+        if isinstance(whole, dict):
+            raise DataFormatError(Location(path, text.count("\n", 0, start) + 1),
+                                  "the file is a single JSON object (keys: " + ", ".join(map(str, whole))
+                                  + "); expected a JSON array of records or one JSON object per line")
+    if text[start:start + 1] != "[":
         return _read_json_lines(path)
     return RawRows(path, _parse_json_array(text, start, path))
 
 
 def _parse_json_array(text: str, pos: int, path: str) -> List[RawRow]:
-    newlines = [i for i, c in enumerate(text) if c == "\n"]
+    # Offsets only grow, so lines are counted incrementally (str.count runs in C).
+    seen = {"offset": 0, "line": 1}
 
     def loc(offset: int) -> Location:
-        return Location(path, bisect.bisect_left(newlines, offset) + 1)
+        if offset >= seen["offset"]:
+            seen["line"] += text.count("\n", seen["offset"], offset)
+            seen["offset"] = offset
+            return Location(path, seen["line"])
+        return Location(path, text.count("\n", 0, offset) + 1)
 
     def skip_ws(p: int) -> int:
         while p < len(text) and text[p] in " \t\r\n":

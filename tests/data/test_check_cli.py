@@ -73,6 +73,7 @@ def test_token_statistics_and_truncation(write_jsonl, tmp_path, tokenizer_dirs, 
     examples, _ = tokenize_ranking(load_records(path), ChatFormatter(chatml_tokenizer))
     prompt = [len(e.prompt_ids) for e in examples]
     full = [len(e.prompt_ids) + len(r) for e in examples for r in e.responses]
+    assert out["tokens"]["template"] == "tokenizer"
     assert out["tokens"]["prompt"] == describe(prompt)
     assert out["tokens"]["full"] == describe(full)
     stats = out["tokens"]["full"]
@@ -91,10 +92,11 @@ def test_describe_uses_nearest_rank_percentiles():
 
 def test_csv_and_broken_json_array(tmp_path):
     csv_path = tmp_path / "sft.csv"
-    csv_path.write_text('prompt,response\nhi,hello\n"two\nlines",ok\nmissing,\n')
+    # A blank line (skipped by the CSV reader) and a two-line cell: 'missing' is on line 6.
+    csv_path.write_text('prompt,response\nhi,hello\n\n"two\nlines",ok\nmissing,\n')
     code, out = run_json(csv_path, tmp=tmp_path)
     assert code == 1 and out["format"] == "prompt_response" and out["records"] == 2
-    assert [(i["line"], i["error"]) for i in out["invalid"]] == [(5, "missing field 'response'")]
+    assert [(i["line"], i["error"]) for i in out["invalid"]] == [(6, "missing field 'response'")]
     array = tmp_path / "broken.json"
     array.write_text('[\n {"prompt": "a", "response": "b"},\n {"prompt": \n]')
     code, out = run_json(array, "--skip-invalid", tmp=tmp_path)

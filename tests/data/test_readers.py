@@ -79,6 +79,15 @@ def test_broken_json_array_is_fatal_even_when_skipping(tmp_path):
             load_records(str(path), skip_invalid=skip)
 
 
+def test_a_single_pretty_printed_json_object_is_explained(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": PAIRS}, indent=2))
+    with pytest.raises(DataFormatError) as e:
+        load_records(str(path))
+    assert str(e.value) == (f"{path}:1: the file is a single JSON object (keys: data); "
+                            "expected a JSON array of records or one JSON object per line")
+
+
 def test_json_lines_in_a_json_file(tmp_path):
     path = tmp_path / "lines.json"
     path.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n")

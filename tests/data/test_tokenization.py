@@ -35,9 +35,9 @@ def test_plain_template_is_the_documented_role_marker_format(plain_tokenizer):
 
 def test_tokenizer_template_is_used_when_present(chatml_tokenizer):
     f = ChatFormatter(chatml_tokenizer)
-    assert not f.uses_plain_template
+    assert not f.uses_plain_template and f.template_source == "tokenizer"
     assert f.prompt_text(CONVERSATION[1:2]) == "<|im_start|>user\nhello how are you<|im_end|>\n<|im_start|>assistant\n"
-    assert ChatFormatter(chatml_tokenizer, "plain").uses_plain_template
+    assert ChatFormatter(chatml_tokenizer, "plain").template_source == "plain"
 
 
 def test_labels_cover_exactly_the_assistant_turns_with_the_templates_markers(chatml_tokenizer):
