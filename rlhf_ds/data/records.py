@@ -116,6 +116,9 @@ class DataFormatError(ValueError):
         self.location = location
         self.reason = reason
 
+    def __reduce__(self):          # picklable across processes (DataLoader workers, spawn)
+        return type(self), (self.location, self.reason)
+
 
 @dataclasses.dataclass
 class InvalidRecord:

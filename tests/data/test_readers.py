@@ -1,5 +1,6 @@
 """Every source type, and the file:line of every kind of bad record."""
 import json
+import pickle
 
 import pandas as pd
 import pytest
@@ -28,6 +29,8 @@ def test_jsonl_broken_line_missing_field_and_wrong_type_name_their_line(write_js
     assert isinstance(e.value, ValueError)
     assert str(e.value).startswith(f"{path}:2: invalid JSON: ")
     assert e.value.location == Location(path, 2) and e.value.reason.startswith("invalid JSON")
+    again = pickle.loads(pickle.dumps(e.value))
+    assert (str(again), again.location) == (str(e.value), e.value.location)
 
     result = load_records(path, skip_invalid=True)
     assert contents(result) == EXPECTED[:3]
