@@ -148,26 +148,40 @@ def _check(logprobs, ref_logprobs, action_mask, estimator, scores=None):
         raise ValueError(f"scores {tuple(scores.shape)} must be (B,) = ({logprobs.shape[0]},)")
 
 
+def _torch_per_token_kl(logprobs, ref_logprobs, action_mask, estimator):
+    """The twin's formulas, except k3 near 0, where a series replaces expm1(-x) + x."""
+    if estimator != "k3":
+        return per_token_kl_reference(logprobs, ref_logprobs, action_mask, estimator)
+    x = (logprobs.float() - ref_logprobs.float()).clamp(-K3_CLAMP, K3_CLAMP)
+    poly = x * (-1.0 / 40320.0) + 1.0 / 5040.0
+    for c in (-1.0 / 720.0, 1.0 / 120.0, -1.0 / 24.0, 1.0 / 6.0, -0.5):
+        poly = poly * x + c
+    kl = torch.where(x.abs() < 0.5, -(x * x) * poly, torch.expm1(-x) + x)
+    return torch.where(action_mask.bool(), kl, 0.0)
+
+
 def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask: torch.Tensor,
                  estimator: str = "k1", *, backend: str = "auto") -> torch.Tensor:
     """Per-token KL(pi || pi_ref) estimate, `(B, T)` fp32, exactly 0 where the mask is 0.
 
     Same arguments as `rlhf_ds.rl.per_token_kl`; differentiable in `logprobs` and
-    `ref_logprobs` on every backend. The torch path is the reference itself (already
-    elementwise and vectorised: there is nothing to save).
+    `ref_logprobs` on every backend. The torch path is the twin's elementwise formulas
+    (there is no memory to save), with k3 evaluated accurately near 0 as in the kernel.
     """
     _check(logprobs, ref_logprobs, action_mask, estimator)
     which = resolve(backend, logprobs.device)
     if which == "triton":
         kl, _ = _TritonKL.apply(logprobs, ref_logprobs, action_mask, logprobs, 0.0, estimator, False)
         return kl
-    return per_token_kl_reference(logprobs, ref_logprobs, action_mask, estimator)
+    if which == "reference":
+        return per_token_kl_reference(logprobs, ref_logprobs, action_mask, estimator)
+    return _torch_per_token_kl(logprobs, ref_logprobs, action_mask, estimator)
 
 
 def _torch_kl_shaped_rewards(scores, logprobs, ref_logprobs, action_mask, kl_coef, estimator):
     # As the reference, but the score lands through a scatter: no boolean indexing, so
     # no device-to-host synchronisation on GPU.
-    kl = per_token_kl_reference(logprobs, ref_logprobs, action_mask, estimator)
+    kl = _torch_per_token_kl(logprobs, ref_logprobs, action_mask, estimator)
     rewards = kl * -float(kl_coef)
     last = last_action_index(action_mask)
     bonus = torch.where(last >= 0, scores.float(), 0.0)

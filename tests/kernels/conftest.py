@@ -88,11 +88,12 @@ def no_worse_than_eager():
     return assert_no_worse_than_eager
 
 
-# Tolerances, stated once. fp32: against the plain twin. bf16 / fp16 gradients (stored
-# in the input dtype): allowed one unit in the last place beyond eager's own error.
-ULP = {torch.float32: 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+# Unit roundoff u of each dtype (the largest relative error of one round-to-nearest;
+# one ulp is between u and 2u relative). Low-precision gradients, stored in the input
+# dtype, may be u |fp64| worse than eager's own error: one more rounding's worth.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 
 
 @pytest.fixture
-def ulp():
-    return ULP
+def unit_roundoff():
+    return UNIT_ROUNDOFF
