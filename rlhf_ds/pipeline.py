@@ -16,7 +16,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .config import RLHFConfig, load_config
-from .engine import barrier, init_distributed, load_ds_config, read_metadata, resolve_precision
+from .engine import barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything
 from .logging import MetricsLogger, get_logger, write_plots
 from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
 from .trainers.common import RunContext
@@ -35,6 +35,7 @@ class RLHFPipeline:
         self.dist = init_distributed(cfg.model.device)
         self.log = get_logger(cfg.logging.log_level, self.dist.rank)
         quiet_transformers()
+        seed_everything(cfg.seed)   # the same on every rank: models are built identically
         self.t0 = time.time()
         self.summary: Dict[str, Any] = {}
         os.makedirs(cfg.save_dir, exist_ok=True)

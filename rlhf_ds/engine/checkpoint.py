@@ -38,6 +38,13 @@ def rng_state() -> Dict:
     return state
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def set_rng_state(state: Dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

@@ -21,6 +21,7 @@ import torch
 
 from . import distributed as D
 from .ds_config import dtype_of, inference_config, offloads_optimizer, training_config, zero_stage
+from .quantized import check_stage, full_precision_cpu, is_quantized, pinned_device
 
 
 @contextlib.contextmanager
@@ -186,10 +187,9 @@ class Engine:
             with self.gathered([p for _, p in bucket]):
                 if out is not None:
                     for n, p in bucket:
-                        out[n] = p.detach().to("cpu", copy=True)
+                        out[n] = full_precision_cpu(p)    # 4-bit weights come out dequantised
         if out is not None:
-            for n, b in self.module.named_buffers():
-                out[n] = b.detach().to("cpu", copy=True)
+            out.update(persistent_buffers(self.module))
         return out
 
     # ---- checkpoints
@@ -212,6 +212,17 @@ class Engine:
         gc.collect()
 
 
+def persistent_buffers(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """Buffers that belong in a checkpoint (rotary tables and the like are rebuilt at load, and
+    writing them makes `from_pretrained` report unexpected keys)."""
+    out = {}
+    for prefix, mod in module.named_modules():
+        for name, buf in mod._buffers.items():
+            if buf is not None and name not in mod._non_persistent_buffers_set:
+                out[f"{prefix}.{name}" if prefix else name] = buf.detach().to("cpu", copy=True)
+    return out
+
+
 def _buckets(named, bucket_mb: float):
     """Split (name, param) pairs into groups of about bucket_mb megabytes of full parameters."""
     limit = bucket_mb * 2**20 if bucket_mb and bucket_mb > 0 else float("inf")
@@ -228,10 +239,26 @@ def _buckets(named, bucket_mb: float):
         yield bucket
 
 
+def init_new_parameters(module: torch.nn.Module, sharded: bool, seed: int) -> None:
+    """Let the model initialise parameters its checkpoint lacked (a new reward/value head), on the
+    full tensors: gathered when ZeRO-3 sharded, written on rank 0 and re-partitioned to every rank.
+    Must run before deepspeed.initialize, which copies parameters into fp32 master partitions."""
+    params = module.new_parameters() if hasattr(module, "new_parameters") else []
+    if not params:
+        return
+    if sharded:
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            if D.get_info().is_main:
+                module.init_new_parameters(seed)
+    else:
+        module.init_new_parameters(seed)
+
+
 def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], base_ds_config: Dict, *,
                        micro_batch_size: int, grad_accum: int, precision: str, gradient_clipping: float,
                        lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                       schedule: str = "cosine", lr_overrides=None, source: str = "") -> Engine:
+                       schedule: str = "cosine", lr_overrides=None, source: str = "", seed: int = 0) -> Engine:
     """Construct the model (sharded under ZeRO-3 from the start) and wrap it in a DeepSpeed
     training engine with AdamW and a warm-up + decay schedule."""
     import deepspeed
@@ -242,7 +269,11 @@ def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], 
                           gradient_clipping=gradient_clipping, source=source)
     with model_construction(cfg):
         model = model_factory()
-    if zero_stage(cfg) < 3:
+    quantized = is_quantized(model)
+    if quantized:
+        check_stage(name, zero_stage(cfg))
+    init_new_parameters(model, zero_stage(cfg) == 3, seed)
+    if zero_stage(cfg) < 3 and not quantized:    # a 4-bit model was quantised on its device: never moved
         model = model.to(info.device)
     groups = param_groups(model, lr, weight_decay, lr_overrides)
     if offloads_optimizer(cfg):
@@ -252,13 +283,15 @@ def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], 
         fused = info.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps, warmup_steps))
-    ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                              config=cfg, dist_init_required=False)
+    with pinned_device(model, info.device) if quantized else contextlib.nullcontext():
+        ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                  config=cfg, dist_init_required=False)
     return Engine(name, model, ds_engine, cfg, trainable=True)
 
 
 def build_inference_engine(name: str, model_factory: Callable[[], torch.nn.Module], base_ds_config: Dict, *,
-                           micro_batch_size: int, precision: str, offload_params: bool = False) -> Engine:
+                           micro_batch_size: int, precision: str, offload_params: bool = False,
+                           seed: int = 0) -> Engine:
     """A frozen model (reference policy, reward model): ZeRO-3 partitioned like the trained ones
     when the run uses ZeRO-3, a plain module otherwise."""
     import deepspeed
@@ -268,11 +301,17 @@ def build_inference_engine(name: str, model_factory: Callable[[], torch.nn.Modul
                            precision=precision, offload_params=offload_params)
     with model_construction(cfg):
         model = model_factory()
+    quantized = is_quantized(model)
+    if quantized:
+        check_stage(name, zero_stage(cfg))
+    init_new_parameters(model, zero_stage(cfg) == 3, seed)
     for p in model.parameters():
         p.requires_grad_(False)
     if zero_stage(cfg) == 3:
         ds_engine, _, _, _ = deepspeed.initialize(model=model, config=cfg, dist_init_required=False)
         ds_engine.eval()
         return Engine(name, model, ds_engine, cfg, trainable=False)
+    if quantized:    # quantised on its device in its compute dtype: never moved or cast
+        return Engine(name, model.eval(), None, cfg, trainable=False)
     model = model.to(device=info.device, dtype=dtype_of(precision)).eval()
     return Engine(name, model, None, cfg, trainable=False)

@@ -15,6 +15,7 @@ import torch
 
 from . import distributed as D
 from .engines import Engine
+from .lora_hybrid import has_lora
 
 
 def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -26,8 +27,12 @@ def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, m
     """Save `engine.module.<attr>` (a PreTrainedModel) with full weights to `out_dir`. Collective.
 
     `state_transform(state_dict, hf_model) -> (state_dict, model_to_save)` lets the LoRA code merge
-    adapters into a full-precision copy before writing.
+    adapters into a full-precision copy before writing. A model with LoRA adapters and no transform is
+    exported merged, with the adapter alone under `out_dir/adapter/` (see lora_export.py).
     """
+    if state_transform is None and has_lora(getattr(engine.module, attr)):
+        from .lora_export import export_lora
+        return export_lora(engine, attr, out_dir, tokenizer, metadata)
     state = engine.full_state_dict()
     if D.get_info().is_main:
         hf_model = getattr(engine.module, attr)

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .engines import Engine, _buckets
+from .lora_hybrid import has_lora, merged_lora_copy
 
 
 @dataclass
@@ -67,7 +68,8 @@ class HybridEngine:
         bucket_mb: gather shards in groups of about this many MB (0: all at once).
         keep_gathered: keep the generation copy between calls (refreshed from the shards each time).
         merge_fn: builds the plain generation model and fills it; defaults to `copy_into_plain`.
-            The LoRA module supplies one that merges adapters (or keeps them unfused on a 4-bit base).
+            The LoRA module supplies one that merges adapters (or keeps them unfused on a 4-bit base);
+            an actor with LoRA adapters gets `merged_lora_copy` by default (see lora_hybrid.py).
     """
 
     def __init__(self, engine: Engine, bucket_mb: float = 0.0, keep_gathered: bool = False,
@@ -75,7 +77,7 @@ class HybridEngine:
         self.engine = engine
         self.bucket_mb = bucket_mb
         self.keep_gathered = keep_gathered
-        self.merge_fn = merge_fn
+        self.merge_fn = merge_fn if merge_fn is not None or not has_lora(self.lm) else merged_lora_copy
         self._plain = None
         self.last_gather_s = 0.0
         self.last_generate_s = 0.0

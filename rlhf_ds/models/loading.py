@@ -78,9 +78,12 @@ def load_scalar_model(path: str, dtype: torch.dtype = torch.float32, tokenizer=N
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
         **_attn_kwargs(attn_implementation))
+    # From a causal LM the head is new: the engine re-initialises it from the seed, identically
+    # however many ranks hold it (transformers' own init of a ZeRO-3 partition depends on the rank).
+    model.rlhf_ds_new_head = any(k.split(".")[-2:] == ["score", "weight"] for k in info["missing_keys"])
     _align_special_tokens(model, tokenizer)
     if model.config.pad_token_id is None:
         raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS (scores of a "

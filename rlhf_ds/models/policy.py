@@ -5,12 +5,14 @@ The wrapper is what DeepSpeed holds, so everything a trainer needs happens insid
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from ..rl import entropy_from_logits, gather_logprobs
+from .lora import adapters_disabled
 from .positions import positions_from_mask
 
 LogprobFn = Callable[..., torch.Tensor]
@@ -35,12 +37,15 @@ class PolicyModel(nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_scored: Optional[int] = None,
-                temperature: float = 1.0, with_entropy: bool = False, return_logits: bool = False):
+                temperature: float = 1.0, with_entropy: bool = False, return_logits: bool = False,
+                disable_adapters: bool = False):
         """
         Args:
             input_ids, attention_mask: `(B, T)`; any padding side.
             num_scored: how many trailing tokens to score (default T - 1).
             temperature: divide logits by this before the softmax (match the sampling temperature).
+            disable_adapters: run the LoRA base alone (the reference policy when the base is frozen);
+                inside forward, so that under ZeRO-3 the engine's hooks gather what the base needs.
         Returns:
             dict with `logprobs` `(B, num_scored)` fp32, and `entropy` `(B, num_scored)` /
             `logits` `(B, num_scored, V)` when asked.
@@ -49,9 +54,10 @@ class PolicyModel(nn.Module):
         k = t - 1 if num_scored is None else int(num_scored)
         if not 0 < k < t:
             raise ValueError(f"num_scored must be in [1, {t - 1}] for sequences of length {t}, got {k}")
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=positions_from_mask(attention_mask), use_cache=False,
-                      logits_to_keep=k + 1)
+        with adapters_disabled(self.lm) if disable_adapters else contextlib.nullcontext():
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=positions_from_mask(attention_mask), use_cache=False,
+                          logits_to_keep=k + 1)
         logits = out.logits[:, :-1]          # (B, k, V): position i predicts token i + 1
         targets = input_ids[:, t - k:]       # (B, k)
         result = {"logprobs": self.logprob_fn(logits, targets, temperature)}

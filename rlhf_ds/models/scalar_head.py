@@ -30,6 +30,19 @@ class ScalarHeadModel(nn.Module):
     def config(self):
         return self.model.config
 
+    def new_parameters(self):
+        """Parameters that were not in the checkpoint and must be initialised by us (see init_new_parameters)."""
+        return [self.model.score.weight] if getattr(self.model, "rlhf_ds_new_head", False) else []
+
+    @torch.no_grad()
+    def init_new_parameters(self, seed: int) -> None:
+        """A new score head drawn from N(0, 1/hidden) with a generator seeded by `seed`: the same values on
+        any number of ranks, so a run's outcome does not depend on how it was sharded. Call with the
+        full parameter (gathered under ZeRO-3)."""
+        w = self.model.score.weight
+        g = torch.Generator().manual_seed(seed)
+        w.copy_(torch.randn(w.shape, generator=g) / w.shape[-1] ** 0.5)
+
     def _backbone(self):
         return getattr(self.model, self.model.base_model_prefix)
 

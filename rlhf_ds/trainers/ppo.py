@@ -30,7 +30,7 @@ import torch
 
 from ..data.dataset import PromptDataset, SFTDataset
 from ..engine import (CheckpointManager, GenerationSettings, HybridEngine, all_reduce_sum, barrier,
-                      build_inference_engine, build_train_engine, export_pretrained)
+                      build_inference_engine, build_train_engine, export_pretrained, seed_everything)
 from ..logging import progress
 from ..models.loading import load_causal_lm, load_scalar_model
 from ..models.policy import PolicyModel
@@ -172,7 +172,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
                                   gradient_clipping=cfg.deepspeed.gradient_clipping, lr=lr,
                                   weight_decay=p.weight_decay, total_steps=total_steps,
                                   warmup_steps=p.warmup_iterations * steps_per_iter, schedule="constant",
-                                  source=str(cfg.deepspeed.config))
+                                  source=str(cfg.deepspeed.config), seed=cfg.seed)
 
     def policy():
         return PolicyModel(load_causal_lm(sft_path, dtype, tok, mc.attn_implementation, mc.trust_remote_code,
@@ -189,7 +189,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
     ref = build_inference_engine("reference", lambda: PolicyModel(
         load_causal_lm(sft_path, dtype, tok, mc.attn_implementation, mc.trust_remote_code), ops.gather_logprobs),
         ctx.ds_config, **inference)
-    reward = build_inference_engine("reward", scalar(reward_path, False), ctx.ds_config, **inference)
+    reward = build_inference_engine("reward", scalar(reward_path, False), ctx.ds_config, seed=cfg.seed, **inference)
     hybrid = HybridEngine(actor, cfg.hybrid.gather_bucket_mb, cfg.hybrid.keep_gathered) if cfg.hybrid.enabled else None
     settings = generation_settings(cfg)
     kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
@@ -235,6 +235,8 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
         return evaluate_policy(ctx, actor, hybrid, reward, eval_prompts, eval_user_texts, settings, mb_plan.micro)
 
     if start == 0:
+        # Each rank samples its own stream (a resumed run restores these states from the checkpoint).
+        seed_everything(cfg.seed + 1 + dist.rank)
         first = evaluate()
         summary = {"gold_reward_sft": first.get("eval_gold_reward"), "rm_score_sft": first["eval_rm_score"]}
         if dist.is_main:

@@ -123,7 +123,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
         "reward", factory, ctx.ds_config, micro_batch_size=plan.micro, grad_accum=plan.grad_accum,
         precision=ctx.precision, gradient_clipping=cfg.deepspeed.gradient_clipping, lr=c.learning_rate,
         weight_decay=c.weight_decay, total_steps=total, warmup_steps=int(c.warmup_ratio * total),
-        schedule=c.lr_scheduler, source=str(cfg.deepspeed.config))
+        schedule=c.lr_scheduler, source=str(cfg.deepspeed.config), seed=cfg.seed)
     log.info(f"reward: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})"
              + (", backbone frozen" if c.freeze_reward_backbone else ""))

@@ -1,0 +1,352 @@
+"""LoRA and QLoRA models for each role: loading, adapters, what trains, the disabled-adapter view.
+
+    lora = LoRASettings.from_config(cfg.lora)
+    lm = load_lm(path, "actor", lora, dtype, tokenizer)        # adapters if "actor" in lora.apply_to
+    with adapters_disabled(lm): ...                             # the base model, exactly
+
+Adapters are injected with peft (`get_peft_model`) and the Hugging Face model that now holds
+them is what the wrappers (`PolicyModel`, `ScalarHeadModel`) hold: the parameter names are
+the model's own with `.base_layer.` / `.lora_A.default.` inserted, `generate` and the
+config are the model's, and `model.peft_config` (set by peft) describes the adapters for
+export. With `lora.quantization` set the base is loaded in 4 bits (bitsandbytes) on the
+device it will run on, and only the adapters (and a scalar model's head) train.
+
+Why the adapters may stand in for other models:
+- reference: with the base frozen, the actor with its adapters disabled IS the SFT policy,
+  so PPO needs no second copy of the base (`reference_from_actor`). Not sound when the
+  base trains too (`only_optimize_lora=false`): then a separate reference is built.
+- reward: a critic initialised from the reward model whose backbone stays frozen computes,
+  with its adapters disabled, exactly the reward model's hidden states; with a frozen copy
+  of the reward's head (read from the reward model's files) it IS the reward model
+  (`share_critic_reward_backbone`). Sound only when the critic starts from the reward model,
+  has adapters and a frozen base (checked by `check_lora_config`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .loading import _align_special_tokens, _attn_kwargs, quiet_transformers
+from .positions import last_token_index, positions_from_mask
+from .quantization import bnb_config, compute_dtype_of, disable_cpu_repack, is_4bit_param
+from .scalar_head import ScalarHeadModel
+
+ROLES = ("sft", "reward", "actor", "critic")
+SCALAR_ROLES = ("reward", "critic")
+HEAD_PREFIXES = ("score.",)
+
+
+class LoRAConfigError(ValueError):
+    """A LoRA/QLoRA setting that cannot work, phrased for the user."""
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """The run config's `lora` section in the form the code uses (see config.LoRAConfig for help)."""
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: Union[str, Tuple[str, ...]] = "all-linear"
+    learning_rate: Optional[float] = None
+    only_optimize_lora: bool = True
+    apply_to: FrozenSet[str] = frozenset({"actor", "critic"})
+    quantization: str = "none"
+    double_quant: bool = True
+    compute_dtype: str = "auto"
+    reference_from_actor: bool = True
+    share_critic_reward_backbone: bool = False
+
+    @classmethod
+    def from_config(cls, c) -> "LoRASettings":
+        targets = c.target_modules.strip()
+        target_modules = "all-linear" if targets in ("all-linear", "") else \
+            tuple(t.strip() for t in targets.split(",") if t.strip())
+        return cls(r=c.r, alpha=c.alpha, dropout=c.dropout, target_modules=target_modules,
+                   learning_rate=c.learning_rate, only_optimize_lora=c.only_optimize_lora,
+                   apply_to=frozenset(p.strip() for p in c.apply_to.split(",") if p.strip()),
+                   quantization=c.quantization, double_quant=c.double_quant, compute_dtype=c.compute_dtype,
+                   reference_from_actor=c.reference_from_actor,
+                   share_critic_reward_backbone=c.share_critic_reward_backbone)
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0 and bool(self.apply_to)
+
+    @property
+    def quantized(self) -> bool:
+        return self.r > 0 and self.quantization != "none"
+
+    def applies_to(self, role: str) -> bool:
+        """Does `role` (sft, reward, actor, critic) get adapters?"""
+        return self.r > 0 and role in self.apply_to
+
+    def quantizes(self, role: str) -> bool:
+        """Is the base of `role` loaded in 4 bits? Roles with adapters in a QLoRA run, and in PPO the
+        frozen models of a QLoRA run: "reference" follows the actor (a KL against a differently
+        rounded copy of the same weights would be noise), "reward_frozen" follows the run."""
+        if not self.quantized:
+            return False
+        if role == "reference":
+            return self.applies_to("actor")
+        if role == "reward_frozen":
+            return self.applies_to("actor") or self.applies_to("critic")
+        return self.applies_to(role)
+
+    @property
+    def reference_is_actor(self) -> bool:
+        """PPO's reference log-probs come from the actor with adapters disabled."""
+        return self.reference_from_actor and self.applies_to("actor") and self.only_optimize_lora
+
+    @property
+    def reward_is_critic(self) -> bool:
+        return self.share_critic_reward_backbone and self.applies_to("critic") and self.only_optimize_lora
+
+    def lr_overrides(self) -> Optional[Callable[[str], Optional[float]]]:
+        """For `build_train_engine(lr_overrides=...)`: adapters at `lora.learning_rate` when set."""
+        if self.r == 0 or self.learning_rate is None:
+            return None
+        lr = float(self.learning_rate)
+        return lambda name: lr if "lora_" in name else None
+
+
+def check_lora_config(lora: LoRASettings, zero_stage: int, critic_init: str = "reward") -> List[str]:
+    """Raise LoRAConfigError for combinations that cannot work; return warnings for ones that are
+    changed (a requested shortcut that would be unsound)."""
+    warnings = []
+    if lora.quantized and zero_stage == 3:
+        raise LoRAConfigError(
+            f"lora.quantization={lora.quantization} (QLoRA) needs ZeRO stage 0, 1 or 2, but the DeepSpeed config "
+            f"uses ZeRO-3. A 4-bit base cannot be usefully partitioned: each rank would load the whole quantised "
+            f"model, its quantisation constants stay replicated, and generation would need a dequantised full "
+            f"copy. Use --deepspeed configs/qlora_single_gpu.json (one GPU) or configs/zero2.json (several), or "
+            f"set lora.quantization=none to train LoRA adapters at ZeRO-3.")
+    if lora.r > 0 and not lora.apply_to:
+        raise LoRAConfigError("lora.r > 0 but lora.apply_to names no model; allowed: sft, reward, actor, critic")
+    if lora.share_critic_reward_backbone:
+        reasons = []
+        if not lora.applies_to("critic"):
+            reasons.append("the critic has no adapters (add critic to lora.apply_to and set lora.r > 0)")
+        if not lora.only_optimize_lora:
+            reasons.append("lora.only_optimize_lora=false trains the critic's backbone")
+        if critic_init != "reward":
+            reasons.append("model.critic_init must be reward (the critic must start from the reward model)")
+        if reasons:
+            raise LoRAConfigError("lora.share_critic_reward_backbone needs the critic's frozen backbone to be the "
+                                  "reward model's, but " + "; ".join(reasons))
+    if lora.reference_from_actor and lora.applies_to("actor") and not lora.only_optimize_lora:
+        warnings.append("lora.reference_from_actor ignored: with lora.only_optimize_lora=false the actor's base "
+                        "trains, so disabling its adapters no longer gives the reference; a separate reference "
+                        "model is built")
+    return warnings
+
+
+# ---------------------------------------------------------------------------- adapters
+
+def lora_layers(model: nn.Module) -> List[nn.Module]:
+    """The peft LoRA layers of `model` (duck-typed, so non-LoRA runs never import peft)."""
+    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "_disable_adapters")]
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(hasattr(m, "lora_A") and hasattr(m, "_disable_adapters") for m in model.modules())
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run `model` as its base inside the block. Only peft's flag is flipped: `requires_grad` is left
+    alone (peft's own `enable_adapters` toggles it, which a DeepSpeed engine must not see)."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("adapters_disabled: the model has no LoRA adapters (is lora.r > 0 for this role?)")
+    saved = [m._disable_adapters for m in layers]
+    for m in layers:
+        if getattr(m, "merged", False):
+            raise RuntimeError("adapters_disabled: an adapter is merged into its base weight; unmerge it first")
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, saved):
+            m._disable_adapters = s
+
+
+def _linear_names(model: nn.Module) -> List[str]:
+    """Leaf names of the linear layers adapters may go on: every nn.Linear (4-bit ones included,
+    they subclass it) except the LM head and a scalar head."""
+    out = set()
+    skip = {id(model.get_output_embeddings())} if hasattr(model, "get_output_embeddings") and \
+        model.get_output_embeddings() is not None else set()
+    for name, m in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(m, nn.Linear) and id(m) not in skip and leaf not in ("lm_head", "score"):
+            out.add(leaf)
+    return sorted(out)
+
+
+def resolve_target_modules(model: nn.Module, spec: Union[str, Tuple[str, ...]]) -> List[str]:
+    """`lora.target_modules` -> leaf module names present in `model`."""
+    available = _linear_names(model)
+    if spec == "all-linear":
+        if not available:
+            raise LoRAConfigError(f"{type(model).__name__} has no linear layers for LoRA")
+        return available
+    missing = [t for t in spec if t not in available]
+    if missing:
+        raise LoRAConfigError(f"lora.target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
+                              f"its linear layers are: {', '.join(available)} (or use all-linear)")
+    return list(spec)
+
+
+def apply_lora(model: nn.Module, lora: LoRASettings, scalar: bool = False) -> nn.Module:
+    """Inject adapters and set what trains: the adapters, a scalar model's head, and with
+    `only_optimize_lora=false` every full-precision base parameter too (4-bit weights never)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_target_modules(model, lora.target_modules)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        bias="none")
+    model = get_peft_model(model, config).base_model.model    # the HF model, adapters injected in place
+    for name, p in model.named_parameters():
+        train = "lora_" in name or (scalar and name.startswith(HEAD_PREFIXES)) or \
+            (not lora.only_optimize_lora and p.is_floating_point() and not is_4bit_param(p))
+        p.requires_grad_(train)
+    return model
+
+
+# ---------------------------------------------------------------------------- loading
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _from_pretrained(auto_cls, path: str, role: str, lora: LoRASettings, dtype: torch.dtype, quantize: bool,
+                     device: Optional[torch.device], attn_implementation: str, trust_remote_code: bool, **extra):
+    quiet_transformers()
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **_attn_kwargs(attn_implementation), **extra)
+    if quantize:
+        compute = compute_dtype_of(lora.compute_dtype, dtype)
+        device = device or _default_device()
+        # Quantised where it will run: a 4-bit model is never moved afterwards (see quantization.py).
+        kwargs.update(dtype=compute, quantization_config=bnb_config(lora.quantization, lora.double_quant, compute),
+                      device_map={"": device.index if device.type == "cuda" else device.type})
+    model, info = auto_cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    # A scalar head missing from the checkpoint is (re)initialised by the engine from the seed, the
+    # same on any number of ranks (see ScalarHeadModel.new_parameters and loading.load_scalar_model).
+    model.rlhf_ds_new_head = any(k.split(".")[-2:] == ["score", "weight"] for k in info["missing_keys"])
+    if quantize:
+        disable_cpu_repack(model)
+    return model
+
+
+def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpointing: bool, scalar: bool):
+    _align_special_tokens(model, tokenizer)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing: gradients reach the adapters even though the frozen
+        # embedding output does not require grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora.applies_to(role):
+        model = apply_lora(model, lora, scalar=scalar)
+    else:
+        for p in model.parameters():
+            if is_4bit_param(p):
+                p.requires_grad_(False)
+    return model
+
+
+def load_lm(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = torch.float32, tokenizer=None,
+            attn_implementation: str = "auto", trust_remote_code: bool = False,
+            gradient_checkpointing: bool = False, device: Optional[torch.device] = None,
+            quantize: Optional[bool] = None):
+    """A causal LM for `role` (sft, actor, reference): adapters when `lora` applies to it, a 4-bit base
+    when `quantize` (default: `lora.quantizes(role)`)."""
+    from transformers import AutoModelForCausalLM
+
+    quantize = lora.quantizes(role) if quantize is None else quantize
+    model = _from_pretrained(AutoModelForCausalLM, path, role, lora, dtype, quantize, device, attn_implementation,
+                             trust_remote_code)
+    return _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=False)
+
+
+def load_scalar(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = torch.float32, tokenizer=None,
+                attn_implementation: str = "auto", trust_remote_code: bool = False,
+                gradient_checkpointing: bool = False, device: Optional[torch.device] = None,
+                quantize: Optional[bool] = None):
+    """`AutoModelForSequenceClassification` (one label) for `role` (reward, critic, reward_frozen)."""
+    from transformers import AutoModelForSequenceClassification
+
+    quantize = lora.quantizes(role) if quantize is None else quantize
+    model = _from_pretrained(AutoModelForSequenceClassification, path, role, lora, dtype, quantize, device,
+                             attn_implementation, trust_remote_code, num_labels=1)
+    model = _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=True)
+    if model.config.pad_token_id is None:
+        raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS")
+    return model
+
+
+# ---------------------------------------------------------------------------- critic + reward on one backbone
+
+def read_head(path: str, name: str = "score") -> nn.Linear:
+    """The `score` head of a saved sequence-classification model, as a frozen nn.Linear read
+    straight from its safetensors (so it exists whole on every rank, whatever ZeRO does)."""
+    from safetensors import safe_open
+
+    if not os.path.isdir(path):
+        raise LoRAConfigError(f"lora.share_critic_reward_backbone needs the reward model as a local directory, "
+                              f"got {path!r}")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        file = weight_map.get(f"{name}.weight")
+    else:
+        file = "model.safetensors"
+    if file is None or not os.path.isfile(os.path.join(path, file)):
+        raise LoRAConfigError(f"{path}: no {name}.weight in its safetensors files (is it a reward model?)")
+    with safe_open(os.path.join(path, file), framework="pt") as f:
+        keys = set(f.keys())
+        weight = f.get_tensor(f"{name}.weight")
+        bias = f.get_tensor(f"{name}.bias") if f"{name}.bias" in keys else None
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    head.requires_grad_(False)
+    return head
+
+
+class CriticWithRewardHead(ScalarHeadModel):
+    """The critic (adapters + value head, trained) and the reward model (the same frozen backbone with
+    adapters disabled + the reward's own frozen head) in one module, so one backbone serves both.
+
+    `forward(..., as_reward=True)` returns the reward model's `scores` (and its per-token values)."""
+
+    def __init__(self, model: nn.Module, reward_head: nn.Linear):
+        super().__init__(model)
+        self.reward_head = reward_head
+        if not has_lora(model):
+            raise ValueError("CriticWithRewardHead needs a critic with LoRA adapters")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_values: Optional[int] = None,
+                as_reward: bool = False):
+        if not as_reward:
+            return super().forward(input_ids, attention_mask, num_values=num_values)
+        with adapters_disabled(self.model):
+            hidden = self._backbone()(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=positions_from_mask(attention_mask),
+                                      use_cache=False).last_hidden_state
+        values = self.reward_head(hidden.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+        rows = torch.arange(values.shape[0], device=values.device)
+        scores = values[rows, last_token_index(attention_mask)]
+        if num_values is not None:
+            values = values[:, -(num_values + 1):-1]
+        return {"values": values, "scores": scores}

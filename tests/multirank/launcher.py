@@ -1,0 +1,34 @@
+"""Run a script on N ranks through the real `deepspeed` launcher (gloo on CPU)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from typing import List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_cmd(script: str, args: List[str], ranks: int) -> List[str]:
+    launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    return [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), script, *args]
+
+
+def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 600,
+                  env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run to completion; on failure raise with the tail of the output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(deepspeed_cmd(script, args, ranks), cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f"deepspeed {script} {' '.join(args)} exited {proc.returncode}:\n{tail}")
+    return proc
