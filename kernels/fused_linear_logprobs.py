@@ -116,9 +116,9 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             if use_triton:  # overwrite the logits chunk with its gradient
                 dlogits = triton_logprobs_bwd(logits, labels[s:e], lse[s:e], ent_c, g_logp[s:e], ge_c,
                                               inv_temp, ignore_index, out=logits)
-            else:
+            else:  # also into the logits chunk (through an fp32 temporary when it is 16-bit)
                 dlogits = chunk_grad(logits, labels[s:e], lse[s:e], ent_c, g_logp[s:e], ge_c,
-                                     inv_temp, ignore_index).to(h.dtype)
+                                     inv_temp, ignore_index, out=logits)
             del logits
             if need_h:
                 torch.mm(dlogits, weight, out=grad_h[s:e])

@@ -18,9 +18,10 @@ reverse associative scan. A masked-out position is the identity map (1, 0).
 Triton: one program per row walks blocks of BLOCK_T from the end of the row to its
 start, scanning each block with `tl.associative_scan(reverse=True)` and applying the
 carry from the block after it, so any T works. Torch (CPU): a blocked scan, sequential
-inside blocks of ~sqrt(T) but vectorised over all blocks and rows, then one pass to
-apply the block carries: O(B T) work in O(sqrt(T)) torch calls, all fp32 products of
-factors in [0, 1] (no cumprod underflow or division).
+inside blocks of ~sqrt(T) but vectorised over all blocks and rows, a log-depth scan
+over the block composites for the carries, and one pass to apply them: O(B T) work in
+O(sqrt(T)) torch calls, all fp32 products of factors in [0, 1] (no cumprod underflow,
+no division).
 """
 from __future__ import annotations
 
@@ -177,15 +178,20 @@ class _Blocks:
 def _suffix_scan_blocks(A: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """In place on block-major (L, B, nc) fp32 tensors: Y becomes y with y_t = a_t y_{t+1} + b_t
     (y = 0 after the last position), A is used as scratch."""
-    L, B, nc = A.shape
+    L = A.shape[0]
+    As, Ys = A.unbind(0), Y.unbind(0)
     for s in range(L - 2, -1, -1):  # composites of each block's suffix, all blocks at once
-        Y[s].addcmul_(A[s], Y[s + 1])
-        A[s].mul_(A[s + 1])
-    carries = torch.empty((B, nc), dtype=A.dtype, device=A.device)
-    carry = torch.zeros(B, dtype=A.dtype, device=A.device)
-    for c in range(nc - 1, -1, -1):  # the carry into each block, from the block after it
-        carries[:, c] = carry
-        carry = torch.addcmul(Y[0, :, c], A[0, :, c], carry)
+        Ys[s].addcmul_(As[s], Ys[s + 1])
+        As[s].mul_(As[s + 1])
+    # The carry into block c is the scan of the whole-block composites (A[0], Y[0]) over
+    # the blocks after c: a suffix scan over nc blocks, by doubling (log2(nc) steps).
+    a, b = A[0], Y[0]
+    k, nc = 1, a.shape[1]
+    while k < nc:
+        b = torch.cat([torch.addcmul(b[:, :-k], a[:, :-k], b[:, k:]), b[:, -k:]], dim=1)
+        a = torch.cat([a[:, :-k] * a[:, k:], a[:, -k:]], dim=1)
+        k *= 2
+    carries = torch.nn.functional.pad(b[:, 1:], (0, 1))
     return Y.addcmul_(A, carries.unsqueeze(0))
 
 
@@ -244,9 +250,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, 
         backend: "auto", "triton", "torch" or "reference" (the Python loop).
 
     Returns:
-        (advantages, returns): `(B, T)` fp32, exactly 0 where the mask is 0. The Triton
-        path is not differentiable; inputs that require grad (with grad mode on) take
-        the torch path.
+        (advantages, returns): `(B, T)` fp32, exactly 0 where the mask is 0. The scans
+        work in place and are not differentiable: inputs that require grad (with grad
+        mode on; GAE normally runs under no_grad) take the reference loop.
     """
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
@@ -254,10 +260,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, 
         raise ValueError(f"rewards {tuple(rewards.shape)}, values {tuple(values.shape)} and action_mask "
                          f"{tuple(action_mask.shape)} must all be the same (B, T)")
     which = resolve(backend, rewards.device)
-    if which == "reference":
-        return gae_reference(rewards, values, action_mask, gamma, lam)
     needs_grad = torch.is_grad_enabled() and (rewards.requires_grad or values.requires_grad)
-    if which == "triton" and not needs_grad:
+    if which == "reference" or needs_grad:
+        return gae_reference(rewards, values, action_mask, gamma, lam)
+    if which == "triton":
         if SCAN_MODE == "auto":
             reverse = rewards.device.type != "cuda" or _reverse_scan_ok(rewards.device)
         else:

@@ -229,38 +229,57 @@ def _scaled_fp32(x: torch.Tensor, inv_temp: float, writable: bool) -> torch.Tens
 
 
 def chunk_stats(x: torch.Tensor, labels: torch.Tensor, inv_temp: float, ignore_index: int, with_entropy: bool):
-    """Torch math for one (r, V) chunk: fp32 (logprobs, logsumexp, entropy-or-None), each (r,)."""
+    """Torch math for one (r, V) chunk: fp32 (logprobs, logsumexp, entropy-or-None), each (r,).
+
+    One fused log_softmax per chunk (ATen's vectorised kernel beats a composite
+    logsumexp). The logsumexp is read back at the row's argmax, where
+    log_softmax = (z - max) - log(sum) has z - max = 0 exactly, so no precision is lost.
+    """
     z = _scaled_fp32(x, inv_temp, writable=False)
-    lse = torch.logsumexp(z, dim=-1)
+    logp_all = torch.log_softmax(z, dim=-1)
+    top = z.argmax(dim=-1, keepdim=True)
+    lse = (z.gather(-1, top) - logp_all.gather(-1, top)).squeeze(-1)
     valid = labels != ignore_index
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    logp = torch.where(valid, z.gather(-1, safe.unsqueeze(-1)).squeeze(-1) - lse, 0.0)
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long().unsqueeze(-1)
+    logp = torch.where(valid, logp_all.gather(-1, safe).squeeze(-1), 0.0)
     ent = None
     if with_entropy:
-        # sum_v p_v z_v, in the softmax buffer; 0 * -inf (a -inf logit) counts as 0
-        pz = torch.softmax(z, dim=-1).mul_(z).nan_to_num_(nan=0.0).sum(-1)
-        ent = torch.where(valid, lse - pz, 0.0)
+        # -sum_v p_v log p_v in the log_softmax buffer; 0 * -inf (a -inf logit) counts as 0
+        plogp = logp_all.exp().mul_(logp_all).nan_to_num_(nan=0.0)
+        ent = torch.where(valid, -plogp.sum(-1), 0.0)
     return logp, lse, ent
 
 
 def chunk_grad(x: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ent: Optional[torch.Tensor],
-               g_logp: torch.Tensor, g_ent: Optional[torch.Tensor], inv_temp: float, ignore_index: int):
-    """Torch math for one (r, V) chunk: d(loss)/d(logits) in fp32, (r, V)."""
+               g_logp: torch.Tensor, g_ent: Optional[torch.Tensor], inv_temp: float, ignore_index: int,
+               out: Optional[torch.Tensor] = None):
+    """Torch math for one (r, V) chunk: d(loss)/d(logits), (r, V), in fp32 (or written into
+    `out` when given; an fp32 `out` is used as the working buffer, saving a copy)."""
     valid = labels != ignore_index
-    g = torch.where(valid, g_logp.float(), 0.0)
-    logp = _scaled_fp32(x, inv_temp, writable=True).sub_(lse.unsqueeze(-1))
-    p = logp.exp()
+    # the 1 / temperature of dz/dlogits folded into the per-row factors
+    g = torch.where(valid, g_logp.float(), 0.0) * inv_temp
+    work = out if (out is not None and out.dtype == torch.float32) else None
+    if work is not None:  # (out may be x itself: fused_linear_logprobs reuses its logits chunk)
+        if inv_temp != 1.0:
+            logp = torch.mul(x, inv_temp, out=work)
+        else:
+            logp = work if work.data_ptr() == x.data_ptr() else work.copy_(x)
+    else:
+        logp = _scaled_fp32(x, inv_temp, writable=True)
+    logp.sub_(lse.unsqueeze(-1))
     if ent is not None and g_ent is not None:
-        ge = torch.where(valid, g_ent.float(), 0.0)
+        ge = torch.where(valid, g_ent.float(), 0.0) * inv_temp
+        p = logp.exp()
         logp.clamp_(min=-1e30)  # -inf logits: keep 0 * (log p + H) finite
         # -p (g + ge (log p + H)), built in place in the logp buffer
         dz = logp.add_(ent.unsqueeze(-1)).mul_(ge.unsqueeze(-1)).add_(g.unsqueeze(-1)).mul_(p).neg_()
     else:
-        dz = p.mul_(-g.unsqueeze(-1))
+        dz = logp.exp_().mul_(-g.unsqueeze(-1))  # -p g
     safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
     dz.scatter_add_(-1, safe.unsqueeze(-1), g.unsqueeze(-1))
-    if inv_temp != 1.0:
-        dz.mul_(inv_temp)
+    if out is not None and dz is not out:
+        out.copy_(dz)
+        return out
     return dz
 
 
@@ -300,10 +319,9 @@ class _TorchGatherLogprobs(torch.autograd.Function):
         flat_grad = grad.view(-1, logits.shape[-1])
         for start, x in _row_chunks(logits, ctx.chunk_rows):
             stop = start + x.shape[0]
-            flat_grad[start:stop] = chunk_grad(
-                x, labels[start:stop], lse[start:stop], None if ent is None else ent[start:stop],
-                g_logp[start:stop], None if g_ent is None else g_ent[start:stop],
-                ctx.inv_temp, ctx.ignore_index)
+            chunk_grad(x, labels[start:stop], lse[start:stop], None if ent is None else ent[start:stop],
+                       g_logp[start:stop], None if g_ent is None else g_ent[start:stop],
+                       ctx.inv_temp, ctx.ignore_index, out=flat_grad[start:stop])
         return grad, None, None, None, None, None
 
 

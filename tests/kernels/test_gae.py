@@ -104,6 +104,8 @@ def test_differentiable_inputs_take_a_differentiable_path():
     v = v.requires_grad_(True)
     adv, ret = gae(r, v, m, 0.9, 0.9, backend="torch")
     assert ret.requires_grad
+    ret.sum().backward()
+    assert v.grad is not None
 
 
 def test_argument_errors():
