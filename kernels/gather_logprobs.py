@@ -29,6 +29,9 @@ from ._backend import HAS_TRITON, resolve, tl, triton
 # Torch path: rows per chunk are chosen so one fp32 chunk of logits is about this big.
 # Tests lower it to force many chunks on small shapes.
 TORCH_CHUNK_BYTES = 16 * 2**20
+# Triton path: an upper bound on the vocabulary block (None: 16 KiB of logits). Tests
+# lower it so that small vocabularies take several blocks of the online softmax.
+TRITON_MAX_BLOCK_V = None
 
 
 # ----------------------------------------------------------------------------- Triton
@@ -61,8 +64,11 @@ if HAS_TRITON:
             x = tl.load(row_ptr + offs, mask=in_row, other=float("-inf"))
             z = x.to(tl.float32) * inv_temp
             m_new = tl.maximum(m, tl.max(z, 0))
-            alpha = tl.exp(m - m_new)
-            e = tl.exp(z - m_new)  # exactly 0 on the padding lanes (z = -inf)
+            # while every logit so far is -inf (a masked-out stretch of the vocabulary),
+            # rescale by exp(-inf - 0) = 0 rather than exp(-inf - -inf) = NaN
+            m_ref = tl.where(m_new > float("-inf"), m_new, 0.0)
+            alpha = tl.exp(m - m_ref)
+            e = tl.exp(z - m_ref)  # exactly 0 on the padding lanes (z = -inf)
             s = s * alpha + tl.sum(e, 0)
             if WITH_ENTROPY:
                 # e = 0 where z = -inf (padding lanes, banned tokens): 0 * -inf must not be NaN
@@ -119,6 +125,8 @@ if HAS_TRITON:
 def _launch_config(V: int, elem_size: int) -> Tuple[int, int]:
     """(BLOCK_V, num_warps): 8192 16-bit or 4096 32-bit elements (16 KiB) per step."""
     cap = 8192 if elem_size <= 2 else 4096
+    if TRITON_MAX_BLOCK_V:
+        cap = min(cap, TRITON_MAX_BLOCK_V)
     block = min(triton.next_power_of_2(V), cap)
     return block, (16 if block >= 8192 else 8 if block >= 2048 else 4)
 

@@ -61,10 +61,12 @@ def _triton_interpreter_gate(request, monkeypatch):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Force the torch paths to use many small row chunks on small test shapes."""
+    """Force many small pieces on small test shapes: row chunks of the torch paths, and
+    vocabulary blocks of 16 in the Triton kernels (so the online softmax rescales)."""
     import importlib
     module = importlib.import_module("rlhf_kernels.gather_logprobs")
     monkeypatch.setattr(module, "TORCH_CHUNK_BYTES", 3 * 4 * 64)  # 3 rows of 64 fp32 logits
+    monkeypatch.setattr(module, "TRITON_MAX_BLOCK_V", 16)
     return module
 
 

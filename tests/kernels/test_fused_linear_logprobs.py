@@ -74,7 +74,7 @@ def test_fp32_matches_twin(backend, lead, H, V, chunk, small_chunks):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bf16_no_worse_than_eager(backend, no_worse_than_eager, unit_roundoff):
+def test_bf16_no_worse_than_eager(backend, no_worse_than_eager, unit_roundoff, small_chunks):
     hidden, weight, labels, g_lp, g_ent = _inputs((3, 4), 32, 50, torch.bfloat16, seed=11)
     lp, ent, gh, gw = _run(_ours(backend, 1.0, 5), hidden, weight, labels, g_lp, g_ent)
     lp_e, ent_e, gh_e, gw_e = _run(_twin(1.0), hidden, weight, labels, g_lp, g_ent)
