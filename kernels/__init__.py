@@ -17,8 +17,38 @@ if __name__ != "rlhf_kernels":
     # Imported under another name, e.g. as `kernels` with the repository root on sys.path.
     # transformers' is_kernels_available() may import this file as `kernels` and read
     # `__version__`: define nothing (no version, no API) and raise nothing, so the probe
-    # answers "not installed". Use `import rlhf_kernels`.
+    # answers "not installed" -- unless Hugging Face's `kernels` really is installed, in
+    # which case it is loaded in our place. Use `import rlhf_kernels`.
     __all__: list = []
+
+    def _hand_over_to_the_real_kernels() -> None:
+        """If Hugging Face's `kernels` is installed further along sys.path, load it in our
+        place (the import system returns whatever sys.modules holds once this file has
+        run), so that shadowing it from the repository root breaks nothing."""
+        import importlib.machinery
+        import importlib.util
+        import os
+        import sys
+
+        if __name__ != "kernels":
+            return
+        this = sys.modules.get("kernels")
+        me = os.path.realpath(__file__)
+        ours = os.path.dirname(os.path.dirname(me))
+        path = [p for p in sys.path if os.path.realpath(p or os.curdir) != ours]
+        try:
+            spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+            if spec is None or spec.loader is None or os.path.realpath(spec.origin or "") == me:
+                return
+            real = importlib.util.module_from_spec(spec)
+            sys.modules["kernels"] = real
+            spec.loader.exec_module(real)
+        except Exception:  # never raise from a probe: stay the empty module
+            if this is not None:
+                sys.modules["kernels"] = this
+
+    _hand_over_to_the_real_kernels()
+    del _hand_over_to_the_real_kernels
 else:
     from ._backend import BACKENDS, get_default_backend, interpreter_active, set_default_backend, use_backend
     from .fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_reference

@@ -47,6 +47,26 @@ print("rlhf", rlhf_kernels.__name__, callable(rlhf_kernels.gather_logprobs))
     assert lines["rlhf"] == "rlhf_kernels True"
 
 
+def test_a_real_hf_kernels_further_along_the_path_is_loaded_instead(tmp_path):
+    """Shadowing must not break Hugging Face's package where it is installed: from the
+    repository root, `import kernels` then yields the real one (here a stand-in)."""
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("__version__ = '0.18.5'\nMARKER = 'hf-kernels'\n"
+                                      "def get_kernel(name):\n    return name\n")
+    code = f"""
+import sys
+sys.path[:0] = [{str(REPO_ROOT)!r}, {str(fake.parent)!r}]
+import kernels
+print(kernels.MARKER, kernels.__version__, kernels.get_kernel("x"))
+import rlhf_kernels
+print(rlhf_kernels.__name__)
+"""
+    out = _python(code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["hf-kernels", "0.18.5", "x", "rlhf_kernels"]
+
+
 def test_public_api():
     for name in ("gather_logprobs", "fused_linear_logprobs", "per_token_kl", "kl_shaped_rewards", "gae",
                  "set_default_backend", "get_default_backend", "use_backend"):
