@@ -108,7 +108,7 @@ def triton_gae(rewards, values, action_mask, gamma, lam, reverse_scan: bool = Tr
     if B * T == 0:
         return adv, ret
     mask = action_mask.view(torch.uint8) if action_mask.dtype == torch.bool else action_mask
-    block = block_t or min(triton.next_power_of_2(T), 1024)
+    block = block_t or max(16, min(triton.next_power_of_2(T), 1024))
     _gae_kernel[(B,)](
         rewards, values, mask, adv, ret, T,
         rewards.stride(0), rewards.stride(1), values.stride(0), values.stride(1), mask.stride(0), mask.stride(1),

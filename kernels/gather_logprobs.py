@@ -127,7 +127,7 @@ def _launch_config(V: int, elem_size: int) -> Tuple[int, int]:
     cap = 8192 if elem_size <= 2 else 4096
     if TRITON_MAX_BLOCK_V:
         cap = min(cap, TRITON_MAX_BLOCK_V)
-    block = min(triton.next_power_of_2(V), cap)
+    block = max(16, min(triton.next_power_of_2(V), cap))  # >= 16: no degenerate 1-wide blocks
     return block, (16 if block >= 8192 else 8 if block >= 2048 else 4)
 
 

@@ -85,7 +85,7 @@ def triton_kl_rewards(logprobs, ref_logprobs, action_mask, scores, kl_coef, esti
     if B * T == 0:
         return kl, (rew if with_rewards else None)
     mask = _mask_for_triton(action_mask)
-    block = min(triton.next_power_of_2(T), 1024)
+    block = max(16, min(triton.next_power_of_2(T), 1024))
     _kl_rewards_kernel[(B,)](
         logprobs, ref_logprobs, mask, scores if with_rewards else kl, kl, rew, T,
         logprobs.stride(0), logprobs.stride(1), ref_logprobs.stride(0), ref_logprobs.stride(1),
