@@ -53,10 +53,10 @@ def set_rng_state(state: Dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_json_atomic(path: str, obj) -> None:
+def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -73,7 +73,10 @@ class CheckpointManager:
             return None
         tag = open(path, encoding="utf-8").read().strip()
         if not tag or not os.path.isdir(os.path.join(self.root, tag)):
-            return None
+            # Never fall back to a fresh start silently: that is a resume that runs zero steps of the
+            # old run and overwrites its outputs.
+            raise FileNotFoundError(f"{path} names checkpoint {tag!r}, which is not in {self.root}; "
+                                    f"restore it or delete {path} to start over")
         return tag
 
     def save(self, tag: str, engines: Dict[str, Engine], trainer_state: Dict,
@@ -93,12 +96,12 @@ class CheckpointManager:
         if extra:
             torch.save(extra, os.path.join(staging, f"extra_rank{info.rank}.pt"))
         if info.is_main:
-            _write_json_atomic(os.path.join(staging, "trainer_state.json"), trainer_state)
+            _write_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(trainer_state, indent=2))
         D.barrier()
         if info.is_main:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(staging, final)
-            _write_json_atomic(os.path.join(self.root, LATEST), tag)
+            _write_atomic(os.path.join(self.root, LATEST), tag + "\n")
             self._prune(keep_tag=tag)
         D.barrier()
         return final
