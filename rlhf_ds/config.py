@@ -52,6 +52,8 @@ class ModelConfig:
                                   choices=("auto", "eager", "sdpa", "flash_attention_2"))
     trust_remote_code: bool = _f(False, "allow custom model code from the hub")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    fused_lm_head: bool = _f(False, "compute log-probs from hidden states and the LM head in chunks, never "
+                             "materialising the (tokens x vocabulary) logits (rlhf_kernels.fused_linear_logprobs)")
     critic_init: str = _f("reward", "initialise the PPO critic from the reward model or the SFT policy",
                           choices=("reward", "sft"))
 

@@ -239,6 +239,16 @@ def _buckets(named, bucket_mb: float):
         yield bucket
 
 
+def register_external_parameters(module: torch.nn.Module, sharded: bool) -> None:
+    """Parameters a module uses outside their owner's forward (the LM head on the fused log-prob
+    path) must be fetched by ZeRO-3 for that module's forward and backward too."""
+    params = module.external_parameters() if hasattr(module, "external_parameters") else []
+    if sharded and params:
+        import deepspeed
+        for p in params:
+            deepspeed.zero.register_external_parameter(module, p)
+
+
 def init_new_parameters(module: torch.nn.Module, sharded: bool, seed: int) -> None:
     """Let the model initialise parameters its checkpoint lacked (a new reward/value head), on the
     full tensors: gathered when ZeRO-3 sharded, written on rank 0 and re-partitioned to every rank.
@@ -273,6 +283,7 @@ def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], 
     if quantized:
         check_stage(name, zero_stage(cfg))
     init_new_parameters(model, zero_stage(cfg) == 3, seed)
+    register_external_parameters(model, zero_stage(cfg) == 3)
     if zero_stage(cfg) < 3 and not quantized:    # a 4-bit model was quantised on its device: never moved
         model = model.to(info.device)
     groups = param_groups(model, lr, weight_decay, lr_overrides)
@@ -305,6 +316,7 @@ def build_inference_engine(name: str, model_factory: Callable[[], torch.nn.Modul
     if quantized:
         check_stage(name, zero_stage(cfg))
     init_new_parameters(model, zero_stage(cfg) == 3, seed)
+    register_external_parameters(model, zero_stage(cfg) == 3)
     for p in model.parameters():
         p.requires_grad_(False)
     if zero_stage(cfg) == 3:

@@ -30,7 +30,7 @@ import torch
 
 from ..data.dataset import PromptDataset, SFTDataset
 from ..engine import (CheckpointManager, GenerationSettings, HybridEngine, all_reduce_sum, barrier,
-                      build_inference_engine, build_train_engine, export_pretrained, seed_everything)
+                      build_inference_engine, build_train_engine, export_pretrained, seed_everything, zero_stage)
 from ..logging import progress
 from ..models.loading import load_causal_lm, load_scalar_model
 from ..models.policy import PolicyModel
@@ -39,6 +39,7 @@ from ..rl import AdaptiveKLController, FixedKLController, RunningMoments
 from .common import RunContext, ShardedSampler, plan_batches
 from .data_prep import load_stage_records, report_truncation, split_records
 from .ema import ShardedEMA
+from .lora_setup import ReferenceFromActor, RewardFromCritic, causal_lm, check_ppo_lora, critic_model, scalar_lm
 from .ops import token_ops
 from .ppo_experience import Experience, generate_rollout, global_whiten, score_rollout
 from .ppo_update import UpdateSettings, ppo_update
@@ -165,6 +166,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
     ops = token_ops(p.use_kernels)
     dtype, mc = ctx.dtype, cfg.model
     critic_path = reward_path if mc.critic_init == "reward" else sft_path
+    lora = check_ppo_lora(ctx, zero_stage(ctx.ds_config))
 
     def train_engine(name, factory, lr):
         return build_train_engine(name, factory, ctx.ds_config, micro_batch_size=mb_plan.micro,
@@ -172,24 +174,27 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
                                   gradient_clipping=cfg.deepspeed.gradient_clipping, lr=lr,
                                   weight_decay=p.weight_decay, total_steps=total_steps,
                                   warmup_steps=p.warmup_iterations * steps_per_iter, schedule="constant",
-                                  source=str(cfg.deepspeed.config), seed=cfg.seed)
+                                  source=str(cfg.deepspeed.config), seed=cfg.seed,
+                                  lr_overrides=lora.lr_overrides())
 
     def policy():
-        return PolicyModel(load_causal_lm(sft_path, dtype, tok, mc.attn_implementation, mc.trust_remote_code,
-                                          mc.gradient_checkpointing), ops.gather_logprobs)
+        return PolicyModel(causal_lm(ctx, sft_path, "actor", mc.gradient_checkpointing), ops,
+                           fused_head=mc.fused_lm_head)
 
-    def scalar(path, checkpointing):
-        return lambda: ScalarHeadModel(load_scalar_model(path, dtype, tok, mc.attn_implementation,
-                                                         mc.trust_remote_code, checkpointing))
+    def scalar(path, role):
+        return lambda: ScalarHeadModel(scalar_lm(ctx, path, role))
 
     actor = train_engine("actor", policy, p.policy_lr)
-    critic = train_engine("critic", scalar(critic_path, mc.gradient_checkpointing), p.value_lr)
+    critic = train_engine("critic", lambda: critic_model(ctx, critic_path, reward_path, mc.gradient_checkpointing),
+                          p.value_lr)
     inference = dict(micro_batch_size=mb_plan.micro, precision=ctx.precision,
                      offload_params=cfg.deepspeed.offload_inference)
-    ref = build_inference_engine("reference", lambda: PolicyModel(
-        load_causal_lm(sft_path, dtype, tok, mc.attn_implementation, mc.trust_remote_code), ops.gather_logprobs),
+    # With LoRA on a frozen base the reference (and optionally the reward) come from the trained engines.
+    ref = ReferenceFromActor(actor) if lora.reference_is_actor else build_inference_engine(
+        "reference", lambda: PolicyModel(causal_lm(ctx, sft_path, "reference"), ops, fused_head=mc.fused_lm_head),
         ctx.ds_config, **inference)
-    reward = build_inference_engine("reward", scalar(reward_path, False), ctx.ds_config, seed=cfg.seed, **inference)
+    reward = RewardFromCritic(critic) if lora.reward_is_critic else build_inference_engine(
+        "reward", scalar(reward_path, "reward_frozen"), ctx.ds_config, seed=cfg.seed, **inference)
     hybrid = HybridEngine(actor, cfg.hybrid.gather_bucket_mb, cfg.hybrid.keep_gathered) if cfg.hybrid.enabled else None
     settings = generation_settings(cfg)
     kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl

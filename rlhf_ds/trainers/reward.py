@@ -28,6 +28,7 @@ from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho
 from .common import RunContext, ShardedSampler, eval_shard, plan_batches
 from .data_prep import report_truncation, train_eval_records
+from .lora_setup import lora_settings, scalar_lm
 
 
 def group_scores(engine, batch) -> torch.Tensor:
@@ -114,8 +115,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
 
     # 2. engine
     def factory():
-        model = ScalarHeadModel(load_scalar_model(init_path, ctx.dtype, ctx.tokenizer, cfg.model.attn_implementation,
-                                                  cfg.model.trust_remote_code, cfg.model.gradient_checkpointing))
+        model = ScalarHeadModel(scalar_lm(ctx, init_path, "reward", cfg.model.gradient_checkpointing))
         if c.freeze_reward_backbone:
             freeze_backbone(model)
         return model
@@ -123,7 +123,8 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
         "reward", factory, ctx.ds_config, micro_batch_size=plan.micro, grad_accum=plan.grad_accum,
         precision=ctx.precision, gradient_clipping=cfg.deepspeed.gradient_clipping, lr=c.learning_rate,
         weight_decay=c.weight_decay, total_steps=total, warmup_steps=int(c.warmup_ratio * total),
-        schedule=c.lr_scheduler, source=str(cfg.deepspeed.config), seed=cfg.seed)
+        schedule=c.lr_scheduler, source=str(cfg.deepspeed.config), seed=cfg.seed,
+        lr_overrides=lora_settings(cfg).lr_overrides())
     log.info(f"reward: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})"
              + (", backbone frozen" if c.freeze_reward_backbone else ""))

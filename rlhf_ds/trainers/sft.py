@@ -22,6 +22,7 @@ from ..models.loading import load_causal_lm
 from ..models.policy import PolicyModel
 from .common import RunContext, ShardedSampler, eval_shard, plan_batches
 from .data_prep import report_truncation, train_eval_records
+from .lora_setup import causal_lm, lora_settings
 from .ops import token_ops
 
 
@@ -71,13 +72,12 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
     # 2. engine
     ops = token_ops(cfg.ppo.use_kernels)
     engine = build_train_engine(
-        "sft", lambda: PolicyModel(load_causal_lm(init_path, ctx.dtype, ctx.tokenizer, cfg.model.attn_implementation,
-                                                  cfg.model.trust_remote_code, cfg.model.gradient_checkpointing),
-                                   ops.gather_logprobs),
+        "sft", lambda: PolicyModel(causal_lm(ctx, init_path, "sft", cfg.model.gradient_checkpointing),
+                                   ops, fused_head=cfg.model.fused_lm_head),
         ctx.ds_config, micro_batch_size=plan.micro, grad_accum=plan.grad_accum, precision=ctx.precision,
         gradient_clipping=cfg.deepspeed.gradient_clipping, lr=c.learning_rate, weight_decay=c.weight_decay,
         total_steps=total, warmup_steps=int(c.warmup_ratio * total), schedule=c.lr_scheduler,
-        source=str(cfg.deepspeed.config))
+        source=str(cfg.deepspeed.config), lr_overrides=lora_settings(cfg).lr_overrides())
     log.info(f"sft: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})")
     ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "sft"))
