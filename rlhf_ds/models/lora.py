@@ -246,7 +246,8 @@ def _from_pretrained(auto_cls, path: str, role: str, lora: LoRASettings, dtype: 
     return model
 
 
-def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpointing: bool, scalar: bool):
+def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpointing: bool, scalar: bool,
+            dtype: torch.dtype):
     _align_special_tokens(model, tokenizer)
     if gradient_checkpointing:
         # Non-reentrant checkpointing: gradients reach the adapters even though the frozen
@@ -255,6 +256,12 @@ def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpoint
         model.config.use_cache = False
     if lora.applies_to(role):
         model = apply_lora(model, lora, scalar=scalar)
+        # peft keeps adapters in fp32 on a bf16 base; DeepSpeed casts them to the training dtype at
+        # ZeRO-0/1/2 but not at ZeRO-3 (params added after zero.Init are converted as they are), so
+        # cast here: the same dtype at every stage, with the optimizer's fp32 master copy behind it.
+        for name, p in model.named_parameters():
+            if "lora_" in name and p.dtype != dtype:
+                p.data = p.data.to(dtype)
     else:
         for p in model.parameters():
             if is_4bit_param(p):
@@ -273,7 +280,7 @@ def load_lm(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = torch
     quantize = lora.quantizes(role) if quantize is None else quantize
     model = _from_pretrained(AutoModelForCausalLM, path, role, lora, dtype, quantize, device, attn_implementation,
                              trust_remote_code)
-    return _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=False)
+    return _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=False, dtype=dtype)
 
 
 def load_scalar(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = torch.float32, tokenizer=None,
@@ -286,7 +293,7 @@ def load_scalar(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = t
     quantize = lora.quantizes(role) if quantize is None else quantize
     model = _from_pretrained(AutoModelForSequenceClassification, path, role, lora, dtype, quantize, device,
                              attn_implementation, trust_remote_code, num_labels=1)
-    model = _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=True)
+    model = _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=True, dtype=dtype)
     if model.config.pad_token_id is None:
         raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS")
     return model
