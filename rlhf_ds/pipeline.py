@@ -15,8 +15,9 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from .config import RLHFConfig, load_config
-from .engine import barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything
+from .config import ConfigError, RLHFConfig, load_config
+from .engine import (barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything,
+                     zero_stage)
 from .logging import MetricsLogger, get_logger, write_plots
 from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
 from .trainers.common import RunContext
@@ -94,9 +95,29 @@ class RLHFPipeline:
     def reward_model(self) -> str:
         return self.cfg.model.reward_model_path or self.path("reward_model")
 
+    def _preflight(self, *stages: str) -> None:
+        """Before any engine of `stages` is built: refuse LoRA/QLoRA combinations that cannot work, log the
+        memory estimate, and on a GPU refuse a run whose estimate exceeds the device (rlhf_ds/memory.py)."""
+        from .memory import check_before_run
+        from .models.lora import LoRAConfigError, LoRASettings, check_lora_config
+
+        done = self.__dict__.setdefault("_preflight_done", set())
+        todo = [s for s in stages if s not in done]
+        if not todo:
+            return
+        try:
+            check_lora_config(LoRASettings.from_config(self.cfg.lora), zero_stage(self.ds_config),
+                              self.cfg.model.critic_init)
+        except LoRAConfigError as e:
+            raise ConfigError(str(e)) from None
+        check_before_run(self.cfg, self.ds_config, self.dist, self.log, todo,
+                         model_dir=self.task_paths.get("base_model"), precision=self.precision)
+        done.update(todo)
+
     def run_sft(self) -> Dict[str, Any]:
         from .trainers.sft import train_sft
 
+        self._preflight("sft")
         init = self.cfg.model.name_or_path or self.task_paths["base_model"]
         data = self._data(self.cfg.sft.data_path, "sft", "sft.data_path")
         out = train_sft(self._context(), init, data, self.path("sft"))
@@ -106,6 +127,7 @@ class RLHFPipeline:
     def run_reward_training(self) -> Dict[str, Any]:
         from .trainers.reward import train_reward
 
+        self._preflight("reward")
         cfg = self.cfg
         data = self._data(cfg.reward.data_path, "preference", "reward.data_path")
         if cfg.is_demo and cfg.reward.data_path is None and cfg.reward.eval_path is None:
@@ -118,6 +140,7 @@ class RLHFPipeline:
     def run_ppo_training(self) -> Dict[str, Any]:
         from .trainers.ppo import train_ppo
 
+        self._preflight("ppo")
         cfg = self.cfg
         prompts = self._data(cfg.ppo.prompt_path, "prompts", "ppo.prompt_path")
         eval_prompts = cfg.ppo.eval_prompt_path or (self.task_paths["data_eval_prompts"] if cfg.is_demo else None)
@@ -141,6 +164,7 @@ class RLHFPipeline:
 
     def run_full_pipeline(self) -> Dict[str, Any]:
         """SFT and reward model when missing (reused when present), then PPO; writes the summary."""
+        self._preflight("sft", "reward", "ppo")
         if self.cfg.model.sft_model_path is None and self._stage_done(self.path("sft")):
             self.log.info(f"sft: reusing {self.path('sft')}")
         elif self.cfg.model.sft_model_path is None:
