@@ -232,6 +232,9 @@ def _from_pretrained(auto_cls, path: str, role: str, lora: LoRASettings, dtype: 
     quiet_transformers()
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **_attn_kwargs(attn_implementation), **extra)
     if quantize:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+        if is_deepspeed_zero3_enabled():          # built inside the engine's ZeRO-3 construction context
+            check_lora_config(LoRASettings(r=max(1, lora.r), quantization=lora.quantization), zero_stage=3)
         compute = compute_dtype_of(lora.compute_dtype, dtype)
         device = device or _default_device()
         # Quantised where it will run: a 4-bit model is never moved afterwards (see quantization.py).
