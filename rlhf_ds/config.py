@@ -78,7 +78,7 @@ class DataConfig:
 class SFTConfig:
     data_path: Optional[str] = _f(None, "SFT data file or dataset name; None: the demo task's")
     data_format: str = _f("auto", "SFT record format",
-                          choices=("auto", "prompt_response", "alpaca", "messages"))
+                          choices=("auto", "prompt_response", "alpaca", "chat"))
     eval_path: Optional[str] = _f(None, "held-out SFT data; default: eval_fraction of data_path")
     epochs: float = _f(2.0, "passes over the training data", min=0.0)
     max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
@@ -94,10 +94,10 @@ class SFTConfig:
 
 @dataclass
 class RewardConfig:
-    data_path: Optional[str] = _f(None, "preference or ranking data; None: the demo task's")
+    data_path: Optional[str] = _f(None, "preference pairs and/or K-wise rankings; None: the demo task's")
     data_format: str = _f("auto", "record format",
                           choices=("auto", "prompt_chosen_rejected", "question_chosen_rejected", "hh",
-                                   "rm_static", "ranking"))
+                                   "chat_pair", "rm_static", "ranking"))
     eval_path: Optional[str] = _f(None, "held-out data; default: eval_fraction of data_path")
     loss: str = _f("auto", "ranking loss: pairwise Bradley-Terry, K-wise over all pairs, or by data",
                    choices=("auto", "pairwise", "kwise"))

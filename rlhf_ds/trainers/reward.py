@@ -102,7 +102,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
     cfg, c, dist, log = ctx.cfg, ctx.cfg.reward, ctx.dist, ctx.log
     out_dir = out_dir or ctx.path("reward_model")
     # 1. data (a pair is a ranking of two with the chosen first)
-    kind = "ranking" if c.data_format == "ranking" else "preference"
+    kind = "ranking"     # accepts every preference format too, as rankings of two
     train_recs, eval_recs = train_eval_records(data_path, c.eval_path, kind, c.data_format, cfg.data.skip_invalid,
                                                cfg.data.eval_fraction, cfg.seed, log, "reward data")
     train_ds = RankingDataset(train_recs, ctx.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)

@@ -76,3 +76,15 @@ def test_cli_maps_launcher_flags():
                          "--ppo.iterations", "5"]
     cfg = load_config(None, overrides)
     assert cfg.resume and cfg.save_dir == "/tmp/o" and cfg.ppo.iterations == 5
+
+
+def test_format_choices_match_the_data_layer():
+    from rlhf_ds.config import RewardConfig, SFTConfig
+    from rlhf_ds.data.formats import FORMATS
+    import dataclasses
+
+    def choices(cls, name):
+        return set(next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]) - {"auto"}
+
+    assert choices(SFTConfig, "data_format") == {n for n, f in FORMATS.items() if f.kind == "sft"}
+    assert choices(RewardConfig, "data_format") == {n for n, f in FORMATS.items() if f.kind in ("preference", "ranking")}
