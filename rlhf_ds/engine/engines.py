@@ -197,7 +197,10 @@ class Engine:
         self.ds.save_checkpoint(directory, tag=tag, client_state=client_state or {})
 
     def load_checkpoint(self, directory: str, tag: str) -> Dict:
-        path, client = self.ds.load_checkpoint(directory, tag=tag, load_module_strict=True,
+        # bitsandbytes writes a 4-bit weight's quantisation constants as extra state-dict keys that
+        # load_state_dict(strict=True) rejects; the frozen 4-bit base is reloaded from the model files
+        # anyway, so those keys are let through (the adapters and heads are still restored).
+        path, client = self.ds.load_checkpoint(directory, tag=tag, load_module_strict=not is_quantized(self.module),
                                                load_optimizer_states=self.trainable,
                                                load_lr_scheduler_states=self.trainable)
         if path is None:

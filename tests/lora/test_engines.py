@@ -299,3 +299,24 @@ def test_critic_and_reward_share_one_backbone(dist, reward_dir, quantization):
         check_lora_config(lora(share_critic_reward_backbone=True), 0, critic_init="sft")
     with pytest.raises(LoRAConfigError, match="only_optimize_lora=false"):
         check_lora_config(lora(share_critic_reward_backbone=True, only_optimize_lora=False), 0)
+
+
+@pytest.mark.parametrize("case", [("nf4", 0), ("nf4", 2)], ids=_ids)
+def test_qlora_checkpoint_resumes_exactly(dist, base_dir, tmp_path, case):
+    """DeepSpeed checkpoints of a 4-bit model carry bitsandbytes' quantisation constants as extra keys;
+    resume loads them non-strictly and continues exactly (adapters, optimizer state)."""
+    quantization, stage = case
+    engine = policy_engine(base_dir, quantization, stage)
+    train_steps(engine, steps=2)
+    engine.save_checkpoint(str(tmp_path), "step2")
+    train_steps(engine, steps=1, seed=7)
+    resumed = policy_engine(base_dir, quantization, stage)
+    resumed.load_checkpoint(str(tmp_path), "step2")
+    train_steps(resumed, steps=1, seed=7)
+    ids, mask = batch(seed=8)
+    for e in (engine, resumed):
+        e.eval()
+    with torch.no_grad():
+        assert torch.equal(engine(ids, mask)["logprobs"], resumed(ids, mask)["logprobs"])
+    engine.destroy()
+    resumed.destroy()
