@@ -28,6 +28,18 @@ CPU with gloo, 1 and 2 ranks; tests/lora/ keeps each finding tested):
   by ~0.3% (the block scales become bf16). PPO does exactly this (scoring under no_grad,
   then training), so `disable_cpu_repack` turns the repack off on every 4-bit layer. GPUs
   never take that path.
+* On CPU, transformers leaves a 4-bit model's full-precision tensors (embeddings, norms, heads)
+  as views of the memory-mapped checkpoint, which keeps the whole file mapped with every page
+  quantisation read (~the fp32 checkpoint per model in RSS); the loader copies them out
+  (`rlhf_ds.models.lora.own_cpu_tensors`).
+* DeepSpeed checkpoints of a 4-bit model hold bitsandbytes' quantisation constants as extra
+  state-dict keys, so resume loads them non-strictly (`Engine.load_checkpoint`); tested to
+  continue exactly.
+
+Stages, as tested (tests/lora/):   LoRA (full-precision base)   QLoRA (4-bit base)
+    ZeRO-0, 1, 2                   yes                          yes
+    ZeRO-3                         yes (base and adapters       refused before loading, with
+                                   partitioned; 2 ranks)        the reason and what to use
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from rlhf_ds.trainers.lora_setup import ReferenceFromActor
 from .conftest import ZERO, batch, lora, train_engine
 
 CASES = [("none", 0), ("none", 2), ("none", 3), ("nf4", 0), ("nf4", 2)]
+STAGES = CASES + [("none", 1), ("nf4", 1), ("fp4", 2)]
 
 
 def _ids(case):
@@ -51,7 +52,7 @@ def train_steps(engine, steps=2, seed=0):
     return losses
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", STAGES, ids=lambda c: f"{c[0]}-zero{c[1]}")
 def test_a_step_trains_only_the_adapters(dist, base_dir, case):
     quantization, stage = case
     engine = policy_engine(base_dir, quantization, stage)
