@@ -153,10 +153,12 @@ class RLHFPipeline:
         return out
 
     def _require(self, path: str, what: str) -> str:
-        if not is_model_dir(path) and not (path and not os.path.exists(path) and "/" in path and
-                                           not path.startswith((".", "/"))):
-            raise FileNotFoundError(f"PPO needs {what} at {path}; train it first (run_sft / run_reward_training) "
-                                    f"or point model.sft_model_path / model.reward_model_path at one")
+        """`path` must be a model directory, or a hub id (`org/name`, not an existing local path)."""
+        looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not os.path.exists(path)
+        if not is_model_dir(path) and not looks_like_hub_id:
+            raise FileNotFoundError(f"this stage needs {what} at {path}, and there is none; train it first "
+                                    f"(run_sft / run_reward_training) or set model.sft_model_path / "
+                                    f"model.reward_model_path")
         return path
 
     def _stage_done(self, path: str) -> bool:
