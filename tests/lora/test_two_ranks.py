@@ -60,4 +60,7 @@ def test_lora_zero3_pipeline_on_two_ranks(tmp_path, demo_task):
             assert float(a[k].norm()) > 0, k
             assert float((a[k] - b[k]).norm() / a[k].norm()) < 5e-3, k
         else:
-            assert torch.allclose(a[k], b[k], atol=1e-5), k
+            # A starts random and gets a zero gradient at step 1 (B = 0): at step 2 Adam moves each entry
+            # by about +-lr whatever the gradient's size, so entries whose tiny gradient changes sign with
+            # the summation order differ by ~2 lr. Bounded relative to A itself.
+            assert float((a[k] - b[k]).norm() / a[k].norm()) < 2e-2, k
