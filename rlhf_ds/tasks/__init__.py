@@ -5,8 +5,8 @@
 
 Files:
     vocabulary.py   the words, the grammar, the prompts and their train / eval split
-    gold_reward.py  six attributes in [0, 1], weighted to a reward in [0, GOLD_REWARD_MAX]
-    responses.py    mixed-quality responses from independent quality knobs
+    gold.py         six attributes in [0, 1], weighted to a reward in [0, GOLD_REWARD_MAX]
+    responses.py    mixed-quality responses from independent quality knobs, and revisions
     annotator.py    Bradley-Terry / Plackett-Luce label noise on the gold rewards
     generator.py    DescribeTask (records by seed) and the .jsonl files
     tokenizer.py    byte-level BPE trained locally + chat template
@@ -16,8 +16,8 @@ The tokenizer and model builders import `transformers` (slow), so they load on
 first use; the gold reward and the data need only the standard library.
 """
 from .annotator import ANNOTATOR_TEMPERATURE, label_agreement_probability, noisy_ranks
-from .gold_reward import (ATTRIBUTE_WEIGHTS, GOLD_REWARD_MAX, gold_attributes, gold_reward,
-                          gold_rewards, mean_gold_attributes, parse_topic)
+from .gold import (ATTRIBUTE_WEIGHTS, GOLD_REWARD_MAX, gold_attributes, gold_reward, gold_rewards,
+                   mean_gold_attributes, parse_topic)
 from .generator import DEFAULT_SIZES, DescribeTask, read_jsonl, write_demo_data, write_jsonl
 
 _LAZY = {

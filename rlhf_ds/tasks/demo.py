@@ -18,11 +18,11 @@ from typing import Dict
 
 from .annotator import ANNOTATOR_TEMPERATURE
 from .generator import DEFAULT_RANKING_K, read_jsonl, write_demo_data
-from .gold_reward import ATTRIBUTE_WEIGHTS, GOLD_REWARD_MAX, gold_reward
+from .gold import ATTRIBUTE_WEIGHTS, GOLD_REWARD_MAX, gold_reward
 
 # Bumped whenever the words, the reward or the generator change, so that a demo
 # directory built by older code is rebuilt rather than reused.
-TASK_VERSION = 1
+TASK_VERSION = 4
 
 
 def reference_figures(data_paths: Dict[str, str]) -> Dict[str, float]:

@@ -20,13 +20,20 @@ from typing import Dict, List, Tuple
 
 from . import vocabulary as V
 from .annotator import ANNOTATOR_TEMPERATURE, noisy_ranks, prefers_first
-from .gold_reward import gold_reward
-from .responses import sample_response
+from .gold import gold_reward
+from .responses import build_response, edit_knobs, sample_knobs, sample_response
 
 # A pair of responses with the same gold reward is redrawn: annotators asked to
 # choose between two equally good answers would mark a tie, and tied pairs teach
 # a reward model nothing.
 _MAX_REDRAWS = 1000
+# Share of preference pairs that are a response and a revision of it (same seed,
+# a quarter of the quality knobs flipped, at least one), the rest being two
+# independent responses. Independent pairs differ in several attributes at once,
+# and a small reward model trained on them alone learns the dominant attributes
+# (sentiment, length) and stays blind to the rest, which PPO then exploits; a
+# revision isolates one or two attributes, like an annotator comparing two drafts.
+REVISION_PAIR_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -72,17 +79,32 @@ class DescribeTask:
                 return responses
         raise RuntimeError(f"could not draw {k} distinct responses for {prompt!r}")
 
+    def _pair(self, rng: random.Random, prompt: str, topic: str) -> Tuple[str, str]:
+        """Two responses with different gold rewards: a revision pair or two
+        independent responses (see REVISION_PAIR_RATE)."""
+        if rng.random() >= REVISION_PAIR_RATE:
+            a, b = self._distinct_responses(rng, prompt, topic, 2, distinct_gold=True)
+            return a, b
+        for _ in range(_MAX_REDRAWS):
+            seed, knobs = rng.getrandbits(64), sample_knobs(rng)
+            a = build_response(topic, seed, knobs)
+            b = build_response(topic, seed, edit_knobs(knobs, rng))
+            if round(gold_reward(prompt, a), 9) != round(gold_reward(prompt, b), 9):
+                return a, b
+        raise RuntimeError(f"could not draw a revision pair for {prompt!r}")
+
     def preference_records(self, n: int, split: str = "train") -> List[Dict[str, str]]:
         """`n` records {"prompt", "chosen", "rejected"}, labelled by the noisy annotator.
 
-        Both responses are sampled like the SFT data, redrawn until their gold
-        rewards differ; the label is Bradley-Terry on the gold rewards (annotator.py).
+        The responses are sampled like the SFT data, half of the pairs as a
+        response and its revision; pairs are redrawn until their gold rewards
+        differ. The label is Bradley-Terry on the gold rewards (annotator.py).
         """
         records = []
         for i in range(n):
             rng = self._rng("preference", split, i)
             prompt, topic = self._prompt(rng, split)
-            a, b = self._distinct_responses(rng, prompt, topic, 2, distinct_gold=True)
+            a, b = self._pair(rng, prompt, topic)
             a_wins = prefers_first(gold_reward(prompt, a), gold_reward(prompt, b), rng,
                                    self.annotator_temperature)
             chosen, rejected = (a, b) if a_wins else (b, a)

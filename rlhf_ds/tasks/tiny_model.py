@@ -30,6 +30,11 @@ TINY_SHAPE: Dict[str, int] = {
     "intermediate_size": 384,
     "max_position_embeddings": MODEL_MAX_LENGTH,
 }
+# Std of the random initial weights. transformers' default, 0.02, is small for
+# hidden size 128: measured on this task, the SFT model then needs ~300-500 steps
+# (and a constant learning rate) before it starts to copy the prompt's topic into
+# its response; with 0.05 it does so before step 200, on two seeds.
+INITIALIZER_RANGE = 0.05
 # Longest response the demo generates, eos included: the longest task response is
 # ~24 tokens; the slack lets a policy that forgot to stop be seen and scored.
 MAX_NEW_TOKENS = 32
@@ -50,14 +55,15 @@ def tiny_config(tokenizer, arch: str = "llama", **overrides):
 
     if arch not in _CONFIGS:
         raise ValueError(f"arch must be one of {sorted(_CONFIGS)}, got {arch!r}")
-    unknown = set(overrides) - set(TINY_SHAPE) - {"rope_theta", "tie_word_embeddings"}
+    extra = {"rope_theta", "tie_word_embeddings", "initializer_range"}
+    unknown = set(overrides) - set(TINY_SHAPE) - extra
     if unknown:
-        raise ValueError(f"unknown overrides {sorted(unknown)}; allowed: {sorted(TINY_SHAPE)}, "
-                         "rope_theta, tie_word_embeddings")
-    shape = {**TINY_SHAPE, **overrides}
+        raise ValueError(f"unknown overrides {sorted(unknown)}; allowed: "
+                         f"{sorted(set(TINY_SHAPE) | extra)}")
+    shape = {"initializer_range": INITIALIZER_RANGE, **TINY_SHAPE, **overrides}
     # Untied input and output embeddings (+80K parameters): with them tied, the SFT
     # model took ~500 steps instead of ~300 to start copying the prompt's topic
-    # into its response (measured on this task, two seeds).
+    # into its response (measured on this task with the default init, two seeds).
     tie = shape.pop("tie_word_embeddings", False)
     config_class = getattr(transformers, _CONFIGS[arch])
     return config_class(

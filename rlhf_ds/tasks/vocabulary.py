@@ -42,7 +42,7 @@ NEGATIVE_ADJECTIVES: Tuple[str, ...] = (
 )
 
 # Neutral adjectives give the sentences variety without telling the annotator
-# anything; they score half (see gold_reward.py), so the best response avoids them.
+# anything; they score half (see gold.py), so the best response avoids them.
 NEUTRAL_ADJECTIVES: Tuple[str, ...] = (
     "big", "small", "old", "round", "tall", "long", "green", "brown", "wide", "heavy",
 )

@@ -24,7 +24,7 @@ def test_ranks_are_a_permutation():
             assert sorted(noisy_ranks(gold, rng)) == list(range(k))
 
 
-@pytest.mark.parametrize("difference", [0.0, 0.05, 0.1, 0.2])
+@pytest.mark.parametrize("difference", [0.0, 0.02, 0.05, 0.1])
 def test_pair_labels_are_bradley_terry(difference):
     rng = random.Random(2)
     n = 6000
@@ -52,7 +52,9 @@ def test_pairwise_marginals_of_a_ranking_are_bradley_terry():
 
 def test_label_agreement_probability_values():
     assert label_agreement_probability(0.0) == 0.5
-    assert label_agreement_probability(0.1) == pytest.approx(1 / (1 + math.exp(-2)))
+    t = ANNOTATOR_TEMPERATURE
+    assert label_agreement_probability(0.1) == pytest.approx(1 / (1 + math.exp(-0.1 / t)))
+    assert label_agreement_probability(0.1, temperature=0.05) == pytest.approx(1 / (1 + math.exp(-2)))
     assert label_agreement_probability(-0.1) == label_agreement_probability(0.1)
     assert label_agreement_probability(0.25) > 0.99
     assert label_agreement_probability(0.1, temperature=0.0) == 1.0

@@ -10,7 +10,7 @@ import pytest
 from rlhf_ds.tasks import (DescribeTask, gold_attributes, gold_reward, label_agreement_probability,
                            parse_topic, read_jsonl, write_demo_data)
 from rlhf_ds.tasks import vocabulary as V
-from rlhf_ds.tasks.gold_reward import is_fluent, split_response
+from rlhf_ds.tasks.gold import is_fluent, split_response
 from rlhf_ds.tasks.responses import Knobs, sample_response
 
 SMALL = dict(sft=200, preference=100, preference_eval=50, ranking=40, prompts=60, eval_prompts=20)
@@ -124,12 +124,12 @@ def test_preference_labels_follow_gold_with_the_stated_noise():
         gold_reward(r["prompt"], r["chosen"]) - gold_reward(r["prompt"], r["rejected"]))
         for r in records)
     # The noise is real (not every label agrees) but mild: the ceiling of a reward
-    # model on these labels is about 0.92.
-    assert 0.88 <= mean(agree) <= 0.96
+    # model on these labels is about 0.945.
+    assert 0.93 <= mean(agree) <= 0.98
     assert abs(mean(agree) - expected) < 0.02
     # Pairs far apart in gold are almost always labelled right.
     far = [a for a, r in zip(agree, records)
-           if abs(gold_reward(r["prompt"], r["chosen"]) - gold_reward(r["prompt"], r["rejected"])) > 0.25]
+           if abs(gold_reward(r["prompt"], r["chosen"]) - gold_reward(r["prompt"], r["rejected"])) > 0.15]
     assert mean(far) > 0.99
 
 
@@ -144,14 +144,41 @@ def test_rankings_follow_gold():
             if gold[i] != gold[j]:
                 pairs_agree.append((gold[i] > gold[j]) == (r["ranks"][i] < r["ranks"][j]))
     assert 0.75 <= mean(top_is_gold_best) < 1.0
-    assert 0.88 <= mean(pairs_agree) < 1.0
+    assert 0.93 <= mean(pairs_agree) < 1.0
 
 
 def test_responses_use_only_task_words():
-    words = set(V.WORD_CLASS)
-    for r in DescribeTask(seed=4).sft_records(500):
-        assert set(split_response(r["response"])[0]) <= words
+    # Task words, or two function words glued together by a "glue" slip.
+    glued = {a + b for a in V.FUNCTION_WORDS for b in V.FUNCTION_WORDS}
+    seen_glued = 0
+    for r in DescribeTask(seed=4).sft_records(1000):
+        words = set(split_response(r["response"])[0])
+        assert words <= set(V.WORD_CLASS) | glued, r
+        seen_glued += bool(words & glued)
         assert r["response"] == r["response"].strip() and "  " not in r["response"]
+    assert seen_glued > 0
+
+
+def test_revision_pairs_change_one_part_of_the_sentence():
+    from rlhf_ds.tasks.responses import build_response, edit_knobs, sample_knobs
+    rng = random.Random(0)
+    revisions = 0
+    for _ in range(200):
+        knobs = sample_knobs(rng)
+        seed = rng.getrandbits(64)
+        a = build_response("cat", seed, knobs)
+        assert build_response("cat", seed, knobs) == a          # pure
+        edited = edit_knobs(knobs, rng)
+        assert edited != knobs
+        if [k for k in vars(knobs) if getattr(knobs, k) != getattr(edited, k)] == ["ending"]:
+            b = build_response("cat", seed, edited)
+            assert a.rstrip(".!") == b.rstrip(".!") and a != b
+            revisions += 1
+    assert revisions > 5
+    records = DescribeTask(seed=0).preference_records(400)
+    shared_start = [r["chosen"].split()[:3] == r["rejected"].split()[:3] for r in records]
+    # About half the pairs are revisions, most of which keep their first words.
+    assert 0.25 < mean(shared_start) < 0.75
 
 
 def test_data_generation_is_fast_enough_for_a_demo():

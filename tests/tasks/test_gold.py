@@ -44,7 +44,7 @@ def test_sentiment_is_mean_adjective_valence():
 
 def test_on_topic_needs_the_asked_topic_and_only_it():
     assert gold_attributes(PROMPT, "the dog is warm and very gentle.")["on_topic"] == 0.0
-    assert gold_reward(PROMPT, "the dog is warm and very gentle.") == pytest.approx(0.8)
+    assert gold_reward(PROMPT, "the dog is warm and very gentle.") == pytest.approx(0.75)
     assert gold_attributes(PROMPT, "it is warm and very gentle.")["on_topic"] == 0.0
     assert gold_attributes(PROMPT, "the cat and the dog are nice.")["on_topic"] == 0.0
     # The same response is on topic for the prompt that asks about the dog.

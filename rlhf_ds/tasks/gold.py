@@ -10,14 +10,21 @@ The weights say what this human cares about, most to least:
 
 - sentiment 0.35: the core preference, and graded (mean valence of the adjectives),
   so the reward model must read every adjective, not one keyword.
-- on_topic 0.20: names the asked topic and no other one. It is the only attribute
-  that links the response to the prompt: a reward model that ignores the prompt
-  cannot get it.
+- on_topic 0.25: names the asked topic and no other one. It is the only attribute
+  that links the response to the prompt: "it is warm." is off topic whatever the
+  prompt, but "the dog is warm." is off topic only for a prompt about the cat.
 - length 0.15: 6 to 10 words, with partial credit outside, so that neither the
   shortest nor a babbling response wins.
-- ending, no_repeat, fluency 0.10 each: style checks that are easy to satisfy but
-  together (0.30) stop a degenerate output (no period, "nice nice nice", word
-  salad) from scoring high even when its adjectives are all positive.
+- ending 0.10, fluency 0.10, no_repeat 0.05: style checks that are easy to satisfy
+  but together (0.25) keep a degenerate output (no period, word salad, "nice and
+  nice") from scoring high even when its adjectives are all positive.
+
+The weights were tuned with the demo's ~1M-parameter reward model trained on 6000
+pairs: it learns sentiment, ending, length and on_topic within one or two epochs,
+fluency only in part and repetition hardly at all. Giving the slow attributes less
+weight keeps its accuracy on the held-out noisy labels at ~0.81 after one epoch and
+~0.84 after two (the gold reward itself scores ~0.945), while the gold reward still
+punishes what the reward model misses, which is what a PPO run is judged on.
 """
 from __future__ import annotations
 
@@ -28,11 +35,11 @@ from . import vocabulary as V
 
 ATTRIBUTE_WEIGHTS: Dict[str, float] = {
     "sentiment": 0.35,
-    "on_topic": 0.20,
+    "on_topic": 0.25,
     "length": 0.15,
     "ending": 0.10,
-    "no_repeat": 0.10,
     "fluency": 0.10,
+    "no_repeat": 0.05,
 }
 GOLD_REWARD_MAX: float = 1.0
 
