@@ -59,24 +59,38 @@ def _pipeline(argv: List[str], prog: str):
     try:
         config_file, overrides = split_args(argv)
         return create_rlhf_pipeline(config_file, overrides)
-    except ConfigError as e:
+    except _user_errors() as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _user_errors():
+    """Errors that are the user's to fix (config, data, memory, missing models): printed as one line,
+    exit status 2, no traceback."""
+    from .data.records import DataFormatError
+    from .memory import OutOfMemoryRefusal
+
+    return (ConfigError, DataFormatError, OutOfMemoryRefusal, FileNotFoundError)
+
+
+def _run(prog: str, argv: Optional[List[str]], stages) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    pipe = _pipeline(argv, prog)
+    try:
+        stages(pipe)
+    except _user_errors() as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2)
 
 
 def main_sft(argv: Optional[List[str]] = None) -> None:
-    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_sft.py")
-    pipe.run_sft()
-    pipe.finish()
+    _run("train_sft.py", argv, lambda pipe: (pipe.run_sft(), pipe.finish()))
 
 
 def main_rm(argv: Optional[List[str]] = None) -> None:
-    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_rm.py")
-    pipe.run_reward_training()
-    pipe.finish()
+    _run("train_rm.py", argv, lambda pipe: (pipe.run_reward_training(), pipe.finish()))
 
 
 def main_ppo(argv: Optional[List[str]] = None) -> None:
     """The full recipe: SFT and reward model when missing, then PPO, then the summary."""
-    pipe = _pipeline(sys.argv[1:] if argv is None else argv, "train_ppo.py")
-    pipe.run_full_pipeline()
+    _run("train_ppo.py", argv, lambda pipe: pipe.run_full_pipeline())

@@ -34,7 +34,7 @@ framework workspaces come on top (the 1 GiB overhead is meant to cover them on s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Optional
 
 GiB = 2 ** 30
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")

@@ -67,7 +67,6 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-    rank = _env_int("RANK", default=0)
     world = _env_int("WORLD_SIZE", default=1)
     local_rank = _env_int("LOCAL_RANK", default=0)
     local_world = _env_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE", default=min(world, max(1, torch.cuda.device_count()))

@@ -43,7 +43,7 @@ Stages, as tested (tests/lora/):   LoRA (full-precision base)   QLoRA (4-bit bas
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 

@@ -32,7 +32,6 @@ from ..data.dataset import PromptDataset, SFTDataset
 from ..engine import (CheckpointManager, GenerationSettings, HybridEngine, all_reduce_sum, barrier,
                       build_inference_engine, build_train_engine, export_pretrained, seed_everything, zero_stage)
 from ..logging import progress
-from ..models.loading import load_causal_lm, load_scalar_model
 from ..models.policy import PolicyModel
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import AdaptiveKLController, FixedKLController, RunningMoments
@@ -164,7 +163,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
 
     # 0. engines: actor and critic train, reference and reward only score
     ops = token_ops(p.use_kernels)
-    dtype, mc = ctx.dtype, cfg.model
+    mc = cfg.model
     critic_path = reward_path if mc.critic_init == "reward" else sft_path
     lora = check_ppo_lora(ctx, zero_stage(ctx.ds_config))
 

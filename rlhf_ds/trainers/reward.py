@@ -23,7 +23,6 @@ from ..data.dataset import RankingDataset
 from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine,
                       export_pretrained)
 from ..logging import progress
-from ..models.loading import load_scalar_model
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho
 from .common import RunContext, ShardedSampler, eval_shard, plan_batches

@@ -18,7 +18,6 @@ import torch
 from ..data.dataset import SFTDataset
 from ..engine import CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained
 from ..logging import progress
-from ..models.loading import load_causal_lm
 from ..models.policy import PolicyModel
 from .common import RunContext, ShardedSampler, eval_shard, plan_batches
 from .data_prep import report_truncation, train_eval_records

@@ -8,7 +8,6 @@ the weight updates of two steps differ by 0.29 in relative norm. Without it they
 import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from .conftest import TINY, read_jsonl

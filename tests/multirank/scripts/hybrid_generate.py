@@ -4,7 +4,6 @@ Usage: hybrid_generate.py MODEL_DIR OUT_JSON BUCKET_MB"""
 import json
 import sys
 
-import torch
 
 from rlhf_ds.engine import GenerationSettings, HybridEngine, build_train_engine, hf_generate, init_distributed
 from rlhf_ds.models.loading import load_causal_lm, load_tokenizer
