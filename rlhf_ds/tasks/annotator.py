@@ -11,7 +11,7 @@ because the difference of two Gumbel variables is logistic; for K responses it i
 Plackett-Luce. With the default temperature 0.03 (gold rewards lie in [0, 1]) a
 pair whose gold rewards differ by 0.05 is labelled right 84% of the time, by 0.1
 96.5%, by 0.2 99.9%; near-ties are close to coin flips. On the demo's held-out
-pairs about 94.5% of the labels agree with the gold order: that is the accuracy of
+pairs about 94% of the labels agree with the gold order: that is the accuracy of
 the gold reward itself, the ceiling of any reward model on these labels.
 """
 from __future__ import annotations

