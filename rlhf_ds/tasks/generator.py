@@ -33,9 +33,10 @@ _MAX_REDRAWS = 1000
 # and a small reward model trained on them alone learned the dominant attributes
 # (sentiment, length, ending) and stayed blind to the prompt, which PPO then
 # exploited; a revision isolates one or two attributes, like an annotator
-# comparing two drafts. Measured with the demo's models: 0.5 -> 0.8 raised the
-# held-out RM accuracy from 0.81 to 0.82 and the gold reward reached by a short
-# KL-regularised policy-gradient run from 0.83 to 0.84.
+# comparing two drafts. Measured with the demo's models (one run each): 0.5 -> 0.8
+# raised the held-out RM accuracy from 0.81 to 0.82 and the gold reward reached by
+# a short KL-regularised policy-gradient run from 0.83 to 0.84; 0 -> 0.5 let the
+# reward model learn on_topic at all.
 REVISION_PAIR_RATE = 0.8
 
 
@@ -69,6 +70,7 @@ class DescribeTask:
 
     def _distinct_responses(self, rng: random.Random, prompt: str, topic: str,
                             k: int, distinct_gold: bool) -> List[str]:
+        """k independent responses, all different texts (and gold rewards if asked)."""
         responses: List[str] = []
         golds: List[float] = []
         for _ in range(_MAX_REDRAWS):
