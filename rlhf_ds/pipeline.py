@@ -68,9 +68,11 @@ class RLHFPipeline:
                      eval_prompts=d.demo_eval_prompts, ranking=max(1, d.demo_ranking_records))
         task_dir = os.path.join(self.cfg.save_dir, "task")
         if self.dist.is_main:
-            tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, **sizes)
+            tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, ranking_k=d.demo_ranking_k,
+                               **sizes)
         barrier()
-        self.task_paths = tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, **sizes)
+        self.task_paths = tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch,
+                                             ranking_k=d.demo_ranking_k, **sizes)
         self.gold_fn, self.gold_max = tasks.gold_rewards, float(tasks.GOLD_REWARD_MAX)
 
     def _context(self) -> RunContext:

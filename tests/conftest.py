@@ -24,7 +24,7 @@ def demo_task(tmp_path_factory):
     cfg = load_config(None, TINY)
     d = cfg.data
     path = str(tmp_path_factory.mktemp("demo") / "task")
-    tasks.prepare_demo(path, seed=cfg.seed, arch=cfg.model.arch, sft=d.demo_sft_records,
+    tasks.prepare_demo(path, seed=cfg.seed, arch=cfg.model.arch, ranking_k=d.demo_ranking_k, sft=d.demo_sft_records,
                        preference=d.demo_preference_records, prompts=d.demo_prompt_records,
                        eval_prompts=d.demo_eval_prompts, ranking=max(1, d.demo_ranking_records))
     return path

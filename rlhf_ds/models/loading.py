@@ -22,10 +22,24 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_local_path(path: str, what: str, needs: tuple) -> None:
+    """A clear error for a local directory that lacks what transformers would look for (transformers'
+    own message for a missing tokenizer talks about sentencepiece). Hub ids pass through."""
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in needs):
+            raise FileNotFoundError(f"{path}: no {what} here (looked for {', '.join(needs)})")
+    elif os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") != 1:
+        raise FileNotFoundError(f"{what} not found: {path} is neither a directory nor a hub id (org/name)")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     """A tokenizer with a pad token distinct from EOS (added when missing)."""
     from transformers import AutoTokenizer
 
+    check_local_path(path, "tokenizer", TOKENIZER_FILES)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tok)
     return tok
