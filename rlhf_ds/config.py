@@ -248,9 +248,11 @@ TOP_LEVEL = {name: hint for name, hint in _HINTS.items() if name not in SECTIONS
 DEMO_PRESET: Dict[str, Dict[str, Any]] = {
     "data": {"max_length": 64, "max_prompt_length": 24},
     "sft": {"epochs": 3.0, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05},
-    "reward": {"epochs": 1.0, "batch_size": 32, "learning_rate": 1e-3},
-    "ppo": {"iterations": 60, "rollout_batch_size": 64, "minibatch_size": 32, "ppo_epochs": 2,
-            "policy_lr": 2e-4, "value_lr": 5e-4, "kl_coef": 0.02, "eval_interval": 10},
+    "reward": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-3},
+    # A per-token KL coefficient of 0.2 keeps the policy from exploiting the small reward model: at
+    # 0.02 the held-out gold reward peaked near iteration 20 and then fell while the RM score rose.
+    "ppo": {"iterations": 50, "rollout_batch_size": 64, "minibatch_size": 32, "ppo_epochs": 2,
+            "policy_lr": 2e-4, "value_lr": 5e-4, "kl_coef": 0.2, "eval_interval": 10},
     "generation": {"max_new_tokens": 24},
 }
 

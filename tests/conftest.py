@@ -42,6 +42,18 @@ def save_dir(tmp_path, demo_task):
     return str(out)
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "CROSS_RANK", "CROSS_SIZE")
+
+
+def clean_env(**extra):
+    """The environment for a test's subprocess, without the process-group variables that an in-process
+    test's init_distributed left behind (a child would otherwise try to join that group's port)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
 def read_jsonl(path):
     import json
     with open(path) as f:

@@ -7,6 +7,7 @@ tokens up to and including the first EOS.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -67,20 +68,15 @@ def response_masks(sequences: torch.Tensor, prompt_mask: torch.Tensor, eos_id: i
 def generate_rollout(actor: Engine, hybrid: Optional[HybridEngine], input_ids: torch.Tensor,
                      attention_mask: torch.Tensor, settings: GenerationSettings, eos_id: int, pad_id: int,
                      chunk: int) -> Rollout:
-    """Step 1: sample responses for this rank's prompts, `chunk` prompts per generate call."""
+    """Step 1: sample responses for this rank's prompts, `chunk` prompts per generate call, all from
+    one gathered copy of the actor (the shards are gathered once per rollout, not once per chunk)."""
     pieces = []
-    for start in range(0, input_ids.shape[0], chunk):
-        ids = input_ids[start:start + chunk]
-        mask = attention_mask[start:start + chunk]
-        if hybrid is not None:
-            out = hybrid.generate(ids, mask, settings, eos_id, pad_id)
-        else:
-            # Plain ZeRO-3 generate: ranks must step together because each token all-gathers layers.
-            actor.eval()
-            out = hf_generate(actor.module.lm, ids, mask, settings, eos_id, pad_id,
-                              synced_gpus=actor.zero_stage == 3 and actor.world_size > 1)
-            actor.train()
-        pieces.append(response_masks(out, mask, eos_id, pad_id))
+    with _generation_model(actor, hybrid) as (model, synced):
+        for start in range(0, input_ids.shape[0], chunk):
+            ids = input_ids[start:start + chunk]
+            mask = attention_mask[start:start + chunk]
+            out = hf_generate(model, ids, mask, settings, eos_id, pad_id, synced_gpus=synced)
+            pieces.append(response_masks(out, mask, eos_id, pad_id))
     r = max(p[2].shape[1] for p in pieces)
     p_len = input_ids.shape[1]
     seqs = torch.cat([pad_right(s, p_len + r, pad_id) for s, _, _, _ in pieces])
@@ -88,6 +84,21 @@ def generate_rollout(actor: Engine, hybrid: Optional[HybridEngine], input_ids: t
     act = torch.cat([pad_right(m, r, 0) for _, _, m, _ in pieces])
     ended = torch.cat([e for _, _, _, e in pieces])
     return Rollout(sequences=seqs, attention_mask=attn, action_mask=act, ended=ended)
+
+
+@contextlib.contextmanager
+def _generation_model(actor: Engine, hybrid: Optional[HybridEngine]):
+    """(model, synced_gpus) to generate with: the hybrid engine's hook-free copy, or the ZeRO engine's
+    own module, whose ranks must then step together because every token all-gathers layers."""
+    if hybrid is not None:
+        with hybrid.generation_model() as model:
+            yield model, False
+        return
+    actor.eval()
+    try:
+        yield actor.module.lm, actor.zero_stage == 3 and actor.world_size > 1
+    finally:
+        actor.train()
 
 
 @torch.no_grad()

@@ -3,11 +3,13 @@ import os
 import subprocess
 import sys
 
+from ..conftest import clean_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(*args, timeout=180):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = clean_env()
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 

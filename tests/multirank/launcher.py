@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
+# Left in os.environ by in-process tests' init_distributed; a launched run must not inherit them.
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -25,7 +27,8 @@ def deepspeed_cmd(script: str, args: List[str], ranks: int) -> List[str]:
 def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 600,
                   env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """Run to completion; on failure raise with the tail of the output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(deepspeed_cmd(script, args, ranks), cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from .launcher import REPO, free_port
+from .launcher import DIST_VARS, REPO, free_port
 
 pytestmark = pytest.mark.multirank
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "slurm_env_allreduce.py")
@@ -14,7 +14,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "slurm_env_allreduce
 
 def test_ranks_from_slurm_variables(tmp_path):
     out = str(tmp_path / "r.json")
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    base = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, SCRIPT, out], cwd=REPO, env={
         **base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r), "SLURM_NTASKS": "2", "MASTER_ADDR": "127.0.0.1",
