@@ -18,11 +18,23 @@ from typing import Dict, Iterable, List, Optional
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted (so redirection and test capture work)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger(level: str = "info", rank: int = 0) -> logging.Logger:
     """The `rlhf_ds` logger: messages from rank 0 at `level`, from other ranks only warnings."""
     log = logging.getLogger("rlhf_ds")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _CurrentStdout()
         handler.setFormatter(logging.Formatter("[%(asctime)s rlhf_ds] %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
         log.propagate = False

@@ -87,6 +87,20 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     return _INFO
 
 
+def shutdown_distributed() -> None:
+    """Wait for every rank, then tear the process group down.
+
+    A rank that exits while gloo's threads still hold connections to a slower peer can abort
+    ("terminate called without an active exception", exit -6) even though its work is done.
+    """
+    global _INFO
+    if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+    _INFO = None
+
+
 def get_info() -> DistInfo:
     if _INFO is None:
         raise RuntimeError("call rlhf_ds.engine.init_distributed() first")

@@ -44,14 +44,19 @@ def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, stage,
     base = _weights(os.path.join(demo_task, "base_model"))
     moved = max(float((a[k] - base[k]).abs().max()) for k in a if k in base)
     assert moved > 1e-3, "training did not change the weights; the comparison would be empty"
-    for k in base:
+    shared = [k for k in base if k in a]   # a reward model drops lm_head and adds its score head
+    assert len(shared) > len(base) // 2, sorted(set(base) - set(a))
+    for k in shared:
         update = (a[k] - base[k]).norm()
         if update > 0:
             assert float((a[k] - b[k]).norm() / update) < 5e-3, k
     logs = {n: [r for r in read_jsonl(os.path.join(os.path.dirname(dirs[n]), "logs", "metrics.jsonl"))
                 if r["stage"] == stage] for n in dirs}
     assert len(logs["one"]) == len(logs["two"]) == 2
-    for ra, rb in zip(logs["one"], logs["two"]):
-        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+    # Step 1 sees identical weights, so only summation order differs; later steps see weights that
+    # already differ by the ~1e-4 noted above.
+    for step, (ra, rb) in enumerate(zip(logs["one"], logs["two"])):
+        rel = 1e-5 if step == 0 else 1e-4
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=rel), step
         if "grad_norm" in ra:
-            assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=1e-5)
+            assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=rel), step
