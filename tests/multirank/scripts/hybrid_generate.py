@@ -25,6 +25,10 @@ tok.padding_side = "left"
 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 settings = GenerationSettings(max_new_tokens=16, do_sample=False)
 hybrid = HybridEngine(engine, bucket_mb=bucket_mb)
+with hybrid.generation_model() as copy:   # a caller still holding the copy after the block ...
+    had_weights = all(p.numel() > 0 for p in copy.parameters())
+storage_freed = had_weights and all(t.numel() == 0 for t in [*copy.parameters(), *copy.buffers()])  # ... holds no weights
+del copy
 out_hybrid = hybrid.generate(enc.input_ids, enc.attention_mask, settings, tok.eos_token_id, tok.pad_token_id)
 engine.eval()
 out_plain_z3 = hf_generate(engine.module.lm, enc.input_ids, enc.attention_mask, settings, tok.eos_token_id,
@@ -33,7 +37,7 @@ reference = load_causal_lm(model_dir, tokenizer=tok).eval()
 out_ref = hf_generate(reference, enc.input_ids, enc.attention_mask, settings, tok.eos_token_id, tok.pad_token_id)
 # The generation copy must be gone after the call: training memory comes back.
 result = {"rank": info.rank, "world": info.world_size, "hybrid": out_hybrid.tolist(), "plain": out_plain_z3.tolist(),
-          "reference": out_ref.tolist(), "copy_released": hybrid._plain is None,
+          "reference": out_ref.tolist(), "copy_released": hybrid._plain is None and storage_freed,
           "still_sharded": all(p.numel() == 0 or p.numel() < p.ds_numel for p in engine.module.parameters())}
 with open(f"{out_path}.rank{info.rank}", "w") as f:
     json.dump(result, f)
