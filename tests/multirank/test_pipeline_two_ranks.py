@@ -64,8 +64,9 @@ def test_exported_reward_model_scores_last_real_token(pipeline_run):
     texts = [tok.apply_chat_template([{"role": "user", "content": "describe the cat"},
                                       {"role": "assistant", "content": r}], tokenize=False)
              for r in ("the cat is warm .", "the cat is very very happy and kind and good .")]
-    alone = [float(ours(**{k: v for k, v in tok(t, return_tensors="pt", add_special_tokens=False).items()
-                           if k in ("input_ids", "attention_mask")})["scores"]) for t in texts]
+    with torch.no_grad():
+        alone = [float(ours(**{k: v for k, v in tok(t, return_tensors="pt", add_special_tokens=False).items()
+                               if k in ("input_ids", "attention_mask")})["scores"]) for t in texts]
     for side in ("right", "left"):
         tok.padding_side = side
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
