@@ -34,7 +34,8 @@ import time
 import torch
 
 from rlhf_ds.engine import (GenerationSettings, HybridEngine, all_reduce_max, all_reduce_sum, barrier,
-                            broadcast_object, build_train_engine, hf_generate, init_distributed)
+                            broadcast_object, build_train_engine, hf_generate, init_distributed,
+                            shutdown_distributed)
 from rlhf_ds.engine.ds_config import dtype_of, load_ds_config, zero_stage
 from rlhf_ds.models.loading import load_causal_lm, quiet_transformers
 from rlhf_ds.models.policy import PolicyModel
@@ -235,3 +236,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    shutdown_distributed()

@@ -5,7 +5,8 @@ import json
 import sys
 
 
-from rlhf_ds.engine import GenerationSettings, HybridEngine, build_train_engine, hf_generate, init_distributed
+from rlhf_ds.engine import (GenerationSettings, HybridEngine, build_train_engine, hf_generate, init_distributed,
+                            shutdown_distributed)
 from rlhf_ds.models.loading import load_causal_lm, load_tokenizer
 from rlhf_ds.models.policy import PolicyModel
 
@@ -41,3 +42,4 @@ result = {"rank": info.rank, "world": info.world_size, "hybrid": out_hybrid.toli
           "still_sharded": all(p.numel() == 0 or p.numel() < p.ds_numel for p in engine.module.parameters())}
 with open(f"{out_path}.rank{info.rank}", "w") as f:
     json.dump(result, f)
+shutdown_distributed()   # every rank exits cleanly (a gloo peer that leaves first can abort the other)
