@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -40,19 +40,34 @@ def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, m
         to_save = hf_model
         if state_transform is not None:
             state, to_save = state_transform(state, hf_model)
-        staging = out_dir.rstrip("/") + ".partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
-        to_save.save_pretrained(staging, state_dict=state, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        if metadata is not None:
-            with open(os.path.join(staging, "rlhf_ds.json"), "w", encoding="utf-8") as f:
-                json.dump(metadata, f, indent=2)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
+        write_model_dir(out_dir, lambda staging: to_save.save_pretrained(staging, state_dict=state,
+                                                                         safe_serialization=True),
+                        tokenizer, metadata)
     D.barrier()
     return out_dir
+
+
+def write_model_dir(out_dir: str, save_weights: Callable[[str], None], tokenizer=None,
+                    metadata: Optional[Dict] = None) -> None:
+    """Write a model directory into `<out_dir>.partial` (weights through `save_weights(staging)`, then
+    the tokenizer and `rlhf_ds.json`) and move it into place. One process only (rank 0)."""
+    staging = out_dir.rstrip("/") + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    save_weights(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    if metadata is not None:
+        with open(os.path.join(staging, "rlhf_ds.json"), "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2)
+    replace_dir(staging, out_dir)
+
+
+def replace_dir(staged: str, final: str) -> None:
+    """Put the finished directory `staged` where `final` was: the old one is removed first, then one
+    rename, so `final` is never a half-written directory."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staged, final)
 
 
 def read_metadata(model_dir: str) -> Optional[Dict]:

@@ -22,9 +22,7 @@ Collective like `export_pretrained` (all ranks call it; rank 0 writes); written 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -117,7 +115,7 @@ def save_adapter(path: str, hf_model, adapter: Dict[str, torch.Tensor]) -> None:
 
 def export_lora(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None) -> str:
     """Write the merged model to `out_dir` and the adapter to `out_dir/adapter/`. Collective."""
-    from .export import strip_prefix
+    from .export import strip_prefix, write_model_dir
 
     state = engine.full_state_dict()         # 4-bit weights arrive dequantised
     if D.get_info().is_main:
@@ -125,23 +123,18 @@ def export_lora(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadat
         merged, adapter = split_and_merge(strip_prefix(state, f"{attr}."), hf_model)
         del state
         model = plain_model(hf_model, merged)
-        staging = out_dir.rstrip("/") + ".partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
-        model.save_pretrained(staging, safe_serialization=True)
-        save_adapter(os.path.join(staging, ADAPTER_DIR), hf_model, adapter)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
         if metadata is not None:
             layer = lora_layers(hf_model)[0][1]
             a = active_adapter(layer)
-            info = {**metadata, "lora": {"r": layer.r[a], "alpha": layer.lora_alpha[a], "adapter": ADAPTER_DIR,
-                                         "merged_into": "dequantised 4-bit base" if _quantized(hf_model)
-                                         else "base"}}
-            with open(os.path.join(staging, "rlhf_ds.json"), "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=2)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(staging, out_dir)
+            metadata = {**metadata, "lora": {"r": layer.r[a], "alpha": layer.lora_alpha[a], "adapter": ADAPTER_DIR,
+                                             "merged_into": "dequantised 4-bit base" if _quantized(hf_model)
+                                             else "base"}}
+
+        def save_weights(staging: str) -> None:
+            model.save_pretrained(staging, safe_serialization=True)
+            save_adapter(os.path.join(staging, ADAPTER_DIR), hf_model, adapter)
+
+        write_model_dir(out_dir, save_weights, tokenizer, metadata)
     D.barrier()
     return out_dir
 

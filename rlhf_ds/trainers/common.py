@@ -125,6 +125,22 @@ class RunContext:
         return self.is_main and self.cfg.logging.progress
 
 
+def resume_state(ctx: RunContext, ckpt, engines: Dict[str, object], stage: str, sampler: "ShardedSampler",
+                 position_key: str = "step") -> Optional[Dict]:
+    """With `--resume`, load `stage`'s latest checkpoint into `engines` and restore what every trainer
+    shares: the data position, and the metrics log (lines past the checkpoint are dropped: they will
+    be logged again). Returns the trainer state for the stage's own fields, or None on a fresh start."""
+    if not ctx.cfg.resume:
+        return None
+    state = ckpt.load(engines)
+    if state is None:
+        return None
+    sampler.load_state_dict(state["sampler"])
+    ctx.metrics.truncate_after(stage, state[position_key])
+    ctx.log.info(f"{stage}: resumed at {position_key} {state[position_key]} from {state['_tag']}")
+    return state
+
+
 def cycle_micro_batches(rows: List, micro: int) -> Iterator[List]:
     for i in range(0, len(rows), micro):
         yield rows[i:i + micro]

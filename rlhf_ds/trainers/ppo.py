@@ -35,7 +35,7 @@ from ..logging import progress
 from ..models.policy import PolicyModel
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import AdaptiveKLController, FixedKLController, RunningMoments
-from .common import RunContext, ShardedSampler, plan_batches
+from .common import RunContext, ShardedSampler, plan_batches, resume_state
 from .data_prep import load_stage_records, report_truncation, split_records
 from .ema import ShardedEMA
 from .lora_setup import ReferenceFromActor, RewardFromCritic, causal_lm, check_ppo_lora, critic_model, scalar_lm
@@ -211,20 +211,16 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
     # 0. resume
     ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "ppo"))
     start, summary = 0, {}
-    if cfg.resume:
-        state = ckpt.load({"actor": actor, "critic": critic})
-        if state is not None:
-            start, summary = state["iteration"], state["summary"]
-            sampler.load_state_dict(state["sampler"])
-            kl_ctl.load_state_dict(state["kl_controller"])
-            if moments is not None:
-                moments.load_state_dict(state["moments"])
-            if ptx_sampler is not None:
-                ptx_sampler.load_state_dict(state["ptx_sampler"])
-            if ema is not None:
-                ema.load_state_dict(state["_extra"]["ema"])
-            ctx.metrics.truncate_after("ppo", start)
-            log.info(f"ppo: resumed at iteration {start} from {state['_tag']}")
+    state = resume_state(ctx, ckpt, {"actor": actor, "critic": critic}, "ppo", sampler, position_key="iteration")
+    if state is not None:
+        start, summary = state["iteration"], state["summary"]
+        kl_ctl.load_state_dict(state["kl_controller"])
+        if moments is not None:
+            moments.load_state_dict(state["moments"])
+        if ptx_sampler is not None:
+            ptx_sampler.load_state_dict(state["ptx_sampler"])
+        if ema is not None:
+            ema.load_state_dict(state["_extra"]["ema"])
 
     def ptx_batches():
         while True:

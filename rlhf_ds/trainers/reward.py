@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from typing import Dict, Optional
 
@@ -21,11 +20,11 @@ import torch
 
 from ..data.dataset import RankingDataset
 from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine,
-                      export_pretrained)
+                      export_pretrained, replace_dir)
 from ..logging import progress
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho
-from .common import RunContext, ShardedSampler, eval_shard, plan_batches
+from .common import RunContext, ShardedSampler, eval_shard, plan_batches, resume_state
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import lora_settings, scalar_lm
 
@@ -128,14 +127,8 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})"
              + (", backbone frozen" if c.freeze_reward_backbone else ""))
     ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "reward"))
-    step, best = 0, -1.0
-    if cfg.resume:
-        state = ckpt.load({"reward": engine})
-        if state is not None:
-            step, best = state["step"], state["best_eval_accuracy"]
-            sampler.load_state_dict(state["sampler"])
-            ctx.metrics.truncate_after("reward", step)
-            log.info(f"reward: resumed at step {step} from {state['_tag']}")
+    state = resume_state(ctx, ckpt, {"reward": engine}, "reward", sampler)
+    step, best = (state["step"], state["best_eval_accuracy"]) if state else (0, -1.0)
     # 3. train
     bar = progress(total=total, desc="reward", enabled=ctx.progress_enabled, initial=step)
     t0, last_eval = time.time(), {}
@@ -174,8 +167,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
     bar.close()
     # 5. export the best
     if dist.is_main:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(out_dir + ".best", out_dir)
+        replace_dir(out_dir + ".best", out_dir)
     barrier()
     engine.destroy()
     log.info(f"reward: done in {time.time() - t0:.0f}s, best eval accuracy {best:.3f}")

@@ -16,10 +16,11 @@ from typing import Dict, Optional
 import torch
 
 from ..data.dataset import SFTDataset
-from ..engine import CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained
+from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained,
+                      replace_dir)
 from ..logging import progress
 from ..models.policy import PolicyModel
-from .common import RunContext, ShardedSampler, eval_shard, plan_batches
+from .common import RunContext, ShardedSampler, eval_shard, plan_batches, resume_state
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import causal_lm, lora_settings
 from .ops import token_ops
@@ -80,14 +81,8 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
     log.info(f"sft: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})")
     ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "sft"))
-    step, best = 0, float("inf")
-    if cfg.resume:
-        state = ckpt.load({"sft": engine})
-        if state is not None:
-            step, best = state["step"], state["best_eval_loss"]
-            sampler.load_state_dict(state["sampler"])
-            ctx.metrics.truncate_after("sft", step)
-            log.info(f"sft: resumed at step {step} from {state['_tag']}")
+    state = resume_state(ctx, ckpt, {"sft": engine}, "sft", sampler)
+    step, best = (state["step"], state["best_eval_loss"]) if state else (0, float("inf"))
     # 3. train
     bar = progress(total=total, desc="sft", enabled=ctx.progress_enabled, initial=step)
     t0, tokens_seen, last_eval = time.time(), 0, {}
@@ -131,16 +126,8 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
     export_pretrained(engine, "lm", os.path.join(out_dir + ".best", "last"), ctx.tokenizer,
                       {"stage": "sft", "step": step, **last_eval})
     if dist.is_main:
-        _promote(out_dir + ".best", out_dir)
+        replace_dir(out_dir + ".best", out_dir)
     barrier()
     engine.destroy()
     log.info(f"sft: done in {time.time() - t0:.0f}s, best eval loss {best:.4f} (ppl {math.exp(min(best, 50)):.2f})")
     return {"sft_eval_loss": best, "sft_eval_ppl": math.exp(min(best, 50.0)), "sft_steps": step}
-
-
-def _promote(staged: str, final: str) -> None:
-    """Move the staged best export into place in one rename."""
-    import shutil
-
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staged, final)
