@@ -268,6 +268,20 @@ def init_new_parameters(module: torch.nn.Module, sharded: bool, seed: int) -> No
         module.init_new_parameters(seed)
 
 
+def _construct(name: str, model_factory: Callable[[], torch.nn.Module], cfg: Dict, seed: int):
+    """Build the model (sharded from the start under ZeRO-3) and prepare it for deepspeed.initialize:
+    refuse a 4-bit model at a stage that cannot hold it, give new parameters a rank-independent
+    init, register parameters used outside their module. Returns (model, is 4-bit)."""
+    with model_construction(cfg):
+        model = model_factory()
+    quantized = is_quantized(model)
+    if quantized:
+        check_stage(name, zero_stage(cfg))
+    init_new_parameters(model, zero_stage(cfg) == 3, seed)
+    register_external_parameters(model, zero_stage(cfg) == 3)
+    return model, quantized
+
+
 def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], base_ds_config: Dict, *,
                        micro_batch_size: int, grad_accum: int, precision: str, gradient_clipping: float,
                        lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
@@ -280,13 +294,7 @@ def build_train_engine(name: str, model_factory: Callable[[], torch.nn.Module], 
     cfg = training_config(base_ds_config, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
                           world_size=info.world_size, precision=precision,
                           gradient_clipping=gradient_clipping, source=source)
-    with model_construction(cfg):
-        model = model_factory()
-    quantized = is_quantized(model)
-    if quantized:
-        check_stage(name, zero_stage(cfg))
-    init_new_parameters(model, zero_stage(cfg) == 3, seed)
-    register_external_parameters(model, zero_stage(cfg) == 3)
+    model, quantized = _construct(name, model_factory, cfg, seed)
     if zero_stage(cfg) < 3 and not quantized:    # a 4-bit model was quantised on its device: never moved
         model = model.to(info.device)
     groups = param_groups(model, lr, weight_decay, lr_overrides)
@@ -313,13 +321,7 @@ def build_inference_engine(name: str, model_factory: Callable[[], torch.nn.Modul
     info = D.get_info()
     cfg = inference_config(base_ds_config, micro_batch_size=micro_batch_size, world_size=info.world_size,
                            precision=precision, offload_params=offload_params)
-    with model_construction(cfg):
-        model = model_factory()
-    quantized = is_quantized(model)
-    if quantized:
-        check_stage(name, zero_stage(cfg))
-    init_new_parameters(model, zero_stage(cfg) == 3, seed)
-    register_external_parameters(model, zero_stage(cfg) == 3)
+    model, quantized = _construct(name, model_factory, cfg, seed)
     for p in model.parameters():
         p.requires_grad_(False)
     if zero_stage(cfg) == 3:
