@@ -1,7 +1,7 @@
 """Typed run configuration: dataclass sections, JSON/YAML files, dotted CLI overrides.
 
-The dataclasses below are the single source of defaults and help text. A run's
-configuration is built in layers, later layers winning:
+The dataclasses in config_schema.py (re-exported here) are the single source of defaults and
+help text. A run's configuration is built in layers, later layers winning:
 
     defaults  <-  demo preset (only when no model is given)  <-  --config FILE  <-  --section.key=value
 
@@ -13,249 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import typing
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from .config_schema import (DEMO_PRESET, SECTIONS, TOP_LEVEL, ConfigError, DataConfig, DeepSpeedSection,
+                            GenerationConfig, HybridConfig, LoggingConfig, LoRAConfig, ModelConfig, PPOConfig,
+                            RewardConfig, RLHFConfig, SFTConfig)
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user: where, which key, what is allowed."""
-
-
-def _f(default, help: str, choices: Optional[Tuple] = None, min: Optional[float] = None,
-       max: Optional[float] = None):
-    """A dataclass field carrying its help text and validation bounds."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class ModelConfig:
-    name_or_path: Optional[str] = _f(None, "Hugging Face model id or local directory of the policy to start "
-                                     "from; None runs the embedded demo (a tiny model built locally)")
-    tokenizer_path: Optional[str] = _f(None, "tokenizer id or directory; default: name_or_path")
-    reward_model_path: Optional[str] = _f(None, "an existing reward model for PPO (a sequence-classification "
-                                          "directory); default: the one the reward stage trains")
-    sft_model_path: Optional[str] = _f(None, "an existing SFT policy for reward training and PPO; "
-                                       "default: the one the SFT stage trains")
-    arch: str = _f("llama", "architecture of the demo's tiny model", choices=("llama", "qwen2"))
-    device: str = _f("auto", "where to run: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    dtype: str = _f("auto", "training precision: auto is bf16 where supported, fp32 on CPU",
-                    choices=("auto", "fp32", "bf16", "fp16"))
-    attn_implementation: str = _f("auto", "attention kernel passed to transformers",
-                                  choices=("auto", "eager", "sdpa", "flash_attention_2"))
-    trust_remote_code: bool = _f(False, "allow custom model code from the hub")
-    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
-    fused_lm_head: bool = _f(False, "compute log-probs from hidden states and the LM head in chunks, never "
-                             "materialising the (tokens x vocabulary) logits (rlhf_kernels.fused_linear_logprobs)")
-    critic_init: str = _f("reward", "initialise the PPO critic from the reward model or the SFT policy",
-                          choices=("reward", "sft"))
-
-
-@dataclass
-class DataConfig:
-    max_length: int = _f(512, "maximum tokens of prompt plus response", min=2)
-    max_prompt_length: int = _f(256, "maximum prompt tokens (longer prompts are truncated from the left)",
-                                min=1)
-    skip_invalid: bool = _f(False, "skip and count invalid records instead of stopping at the first one")
-    eval_fraction: float = _f(0.05, "share of a stage's data held out for evaluation when no eval path "
-                              "is given", min=0.0, max=0.5)
-    demo_sft_records: int = _f(6000, "demo only: SFT records generated", min=1)
-    demo_preference_records: int = _f(6000, "demo only: preference pairs generated", min=1)
-    demo_ranking_records: int = _f(0, "demo only: K-wise ranking records generated (0: pairs only)", min=0)
-    demo_ranking_k: int = _f(4, "demo only: responses per ranking record", min=2)
-    demo_prompt_records: int = _f(4000, "demo only: PPO training prompts generated", min=1)
-    demo_eval_prompts: int = _f(256, "demo only: held-out prompts for gold-reward evaluation", min=1)
-
-
-@dataclass
-class SFTConfig:
-    data_path: Optional[str] = _f(None, "SFT data file or dataset name; None: the demo task's")
-    data_format: str = _f("auto", "SFT record format",
-                          choices=("auto", "prompt_response", "alpaca", "chat"))
-    eval_path: Optional[str] = _f(None, "held-out SFT data; default: eval_fraction of data_path")
-    epochs: float = _f(2.0, "passes over the training data", min=0.0)
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
-    batch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "sequences per forward pass on one rank (0: batch_size / ranks)", min=0)
-    learning_rate: float = _f(2e-5, "peak learning rate", min=0.0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
-    warmup_ratio: float = _f(0.03, "share of steps with linear warm-up", min=0.0, max=1.0)
-    lr_scheduler: str = _f("cosine", "learning-rate schedule after warm-up",
-                           choices=("cosine", "linear", "constant"))
-    eval_interval: int = _f(0, "evaluate every N optimizer steps (0: once per epoch)", min=0)
-
-
-@dataclass
-class RewardConfig:
-    data_path: Optional[str] = _f(None, "preference pairs and/or K-wise rankings; None: the demo task's")
-    data_format: str = _f("auto", "record format",
-                          choices=("auto", "prompt_chosen_rejected", "question_chosen_rejected", "hh",
-                                   "chat_pair", "rm_static", "ranking"))
-    eval_path: Optional[str] = _f(None, "held-out data; default: eval_fraction of data_path")
-    loss: str = _f("auto", "ranking loss: pairwise Bradley-Terry, K-wise over all pairs, or by data",
-                   choices=("auto", "pairwise", "kwise"))
-    margin: float = _f(0.0, "extra margin in the pairwise loss (added to a record's own margin)")
-    freeze_reward_backbone: bool = _f(False, "train only the scalar head (and LoRA adapters if any)")
-    epochs: float = _f(1.0, "passes over the training data", min=0.0)
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
-    batch_size: int = _f(32, "records per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "records per forward pass on one rank (0: batch_size / ranks)", min=0)
-    learning_rate: float = _f(1e-5, "peak learning rate", min=0.0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
-    warmup_ratio: float = _f(0.03, "share of steps with linear warm-up", min=0.0, max=1.0)
-    lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=("cosine", "linear", "constant"))
-    eval_interval: int = _f(0, "evaluate every N optimizer steps (0: once per epoch)", min=0)
-
-
-@dataclass
-class PPOConfig:
-    prompt_path: Optional[str] = _f(None, "PPO prompts; None: the demo task's")
-    eval_prompt_path: Optional[str] = _f(None, "held-out prompts scored at evaluation")
-    iterations: int = _f(100, "PPO iterations (rollout + update)", min=1)
-    rollout_batch_size: int = _f(64, "prompts per iteration, over all ranks", min=1)
-    minibatch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "sequences per forward pass on one rank (0: minibatch / ranks)", min=0)
-    ppo_epochs: int = _f(2, "passes over each rollout", min=1)
-    policy_lr: float = _f(1e-6, "actor learning rate", min=0.0)
-    value_lr: float = _f(5e-6, "critic learning rate", min=0.0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
-    warmup_iterations: int = _f(0, "iterations of linear learning-rate warm-up", min=0)
-    clip_range: float = _f(0.2, "PPO ratio clip epsilon", min=0.0)
-    dual_clip: Optional[float] = _f(None, "dual-clip bound c > 1 for negative advantages (None: off)", min=1.0)
-    value_clip: Optional[float] = _f(0.2, "value clip around old values (None: unclipped)", min=0.0)
-    entropy_coef: float = _f(0.0, "entropy bonus coefficient", min=0.0)
-    gamma: float = _f(1.0, "discount", min=0.0, max=1.0)
-    lam: float = _f(0.95, "GAE lambda", min=0.0, max=1.0)
-    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive)", min=0.0)
-    kl_estimator: str = _f("k1", "per-token KL estimator", choices=("k1", "k2", "k3"))
-    adaptive_kl: bool = _f(False, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
-    kl_target: float = _f(6.0, "adaptive KL target (nats per sequence)", min=0.0)
-    kl_horizon: int = _f(10000, "adaptive KL horizon (samples)", min=1)
-    reward_clip: Optional[float] = _f(None, "clip scores to [-c, c] (None: off)", min=0.0)
-    reward_normalize: bool = _f(False, "normalise scores by running mean and std")
-    whiten_advantages: bool = _f(True, "whiten advantages over the rollout")
-    no_eos_penalty: Optional[float] = _f(None, "score given to responses that end without EOS (None: off)")
-    ptx_coef: float = _f(0.0, "weight of the pretraining (SFT) loss mixed into the actor loss", min=0.0)
-    ptx_data_path: Optional[str] = _f(None, "data for the ptx loss; default: the SFT data")
-    ema_beta: float = _f(0.0, "keep an EMA copy of the actor with this decay (0: off)", min=0.0, max=1.0)
-    eval_interval: int = _f(10, "evaluate on held-out prompts every N iterations (0: only at the end)",
-                            min=0)
-    use_kernels: str = _f("auto", "per-token math: fused kernels/memory-efficient paths, or the plain "
-                          "torch reference", choices=("auto", "reference"))
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = _f(128, "maximum response tokens", min=1)
-    min_new_tokens: int = _f(0, "minimum response tokens before EOS is allowed", min=0)
-    temperature: float = _f(1.0, "sampling temperature", min=1e-6)
-    top_p: float = _f(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
-    top_k: int = _f(0, "top-k sampling (0: off)", min=0)
-    do_sample: bool = _f(True, "sample (True) or greedy (False)")
-
-
-@dataclass
-class HybridConfig:
-    enabled: bool = _f(True, "generate on gathered, hook-free weights (False: plain ZeRO-3 generate)")
-    gather_bucket_mb: float = _f(0.0, "gather ZeRO-3 shards in groups of about this many MB (0: all at "
-                                 "once)", min=0.0)
-    keep_gathered: bool = _f(False, "keep the gathered generation copy between rollouts (faster, more "
-                             "memory)")
-
-
-@dataclass
-class LoRAConfig:
-    r: int = _f(0, "LoRA rank (0: full fine-tuning)", min=0)
-    alpha: float = _f(16.0, "LoRA alpha", min=0.0)
-    dropout: float = _f(0.0, "LoRA dropout", min=0.0, max=1.0)
-    target_modules: str = _f("all-linear", "comma-separated module names, or all-linear")
-    learning_rate: Optional[float] = _f(None, "learning rate of the adapters (None: the stage's)", min=0.0)
-    only_optimize_lora: bool = _f(True, "train the adapters only (the base stays frozen)")
-    apply_to: str = _f("actor,critic", "comma-separated: which models get adapters (sft, reward, actor, "
-                       "critic)")
-    quantization: str = _f("none", "QLoRA: quantise the frozen base", choices=("none", "nf4", "fp4"))
-    double_quant: bool = _f(True, "QLoRA double quantisation")
-    compute_dtype: str = _f("auto", "QLoRA compute dtype", choices=("auto", "fp32", "bf16", "fp16"))
-    reference_from_actor: bool = _f(True, "with LoRA, reference log-probs from the actor with adapters "
-                                    "disabled (no second copy of the base)")
-    share_critic_reward_backbone: bool = _f(False, "critic and reward share one frozen (quantised) "
-                                            "backbone")
-
-
-@dataclass
-class DeepSpeedSection:
-    config: Optional[str] = _f("configs/zero3.json", "DeepSpeed JSON config (--deepspeed sets it)")
-    gradient_clipping: float = _f(1.0, "gradient norm clip (0: off)", min=0.0)
-    offload_inference: bool = _f(False, "keep reference and reward parameters in CPU memory")
-
-
-@dataclass
-class LoggingConfig:
-    log_level: str = _f("info", "logging verbosity", choices=("debug", "info", "warning", "error"))
-    log_interval: int = _f(1, "log every N steps", min=1)
-    tensorboard: bool = _f(True, "write TensorBoard events under save_dir/logs")
-    progress: bool = _f(True, "show progress bars on rank 0")
-    plots: bool = _f(True, "write PNG curves under save_dir/plots at the end")
-
-
-@dataclass
-class RLHFConfig:
-    save_dir: str = _f("outputs/demo", "where models, checkpoints, logs and plots go")
-    seed: int = _f(42, "random seed")
-    save_interval: int = _f(0, "write a resumable checkpoint every N steps/iterations (0: stage ends only)",
-                            min=0)
-    resume: bool = _f(False, "continue from save_dir/checkpoints when present")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    hybrid: HybridConfig = field(default_factory=HybridConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    @property
-    def is_demo(self) -> bool:
-        return self.model.name_or_path is None
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str) -> None:
-        """Write as JSON atomically (a crash never leaves a half-written config)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-
-
-_HINTS = typing.get_type_hints(RLHFConfig)
-SECTIONS = {name: hint for name, hint in _HINTS.items() if dataclasses.is_dataclass(hint)}
-TOP_LEVEL = {name: hint for name, hint in _HINTS.items() if name not in SECTIONS}
-
-# Stage hyperparameters that suit the demo's ~1M-parameter model trained from scratch on
-# 2 CPU cores. Applied only when no model is given, under any file or CLI value.
-DEMO_PRESET: Dict[str, Dict[str, Any]] = {
-    "data": {"max_length": 64, "max_prompt_length": 24},
-    "sft": {"epochs": 3.0, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05},
-    "reward": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-3},
-    # A per-token KL coefficient of 0.2 keeps the policy from exploiting the small reward model: at
-    # 0.02 the held-out gold reward peaked near iteration 20 and then fell while the RM score rose.
-    "ppo": {"iterations": 50, "rollout_batch_size": 64, "minibatch_size": 32, "ppo_epochs": 2,
-            "policy_lr": 2e-4, "value_lr": 5e-4, "kl_coef": 0.2, "eval_interval": 10},
-    "generation": {"max_new_tokens": 24},
-}
-
+__all__ = [  # the schema is part of this module's interface
+    "ConfigError", "DEMO_PRESET", "SECTIONS", "TOP_LEVEL", "RLHFConfig", "ModelConfig", "DataConfig", "SFTConfig",
+    "RewardConfig", "PPOConfig", "GenerationConfig", "HybridConfig", "LoRAConfig", "DeepSpeedSection",
+    "LoggingConfig", "build_config", "describe", "load_config", "parse_overrides", "validate",
+]
 
 # ---------------------------------------------------------------------------- values
 
