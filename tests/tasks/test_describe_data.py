@@ -1,7 +1,6 @@
 """Records of the demo task: determinism, formats, splits, quality mix, label noise."""
 import hashlib
 import itertools
-import os
 import random
 from statistics import mean
 
