@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
+
+from .files import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -222,11 +223,7 @@ class RLHFConfig:
 
     def save(self, path: str) -> None:
         """Write as JSON atomically (a crash never leaves a half-written config)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
 _HINTS = typing.get_type_hints(RLHFConfig)

@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterable, List, Optional
 
+from .files import write_text_atomic
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -72,12 +74,11 @@ class MetricsLogger:
         """Drop lines of `stage` logged after `step` (a resumed run logs them again)."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        kept = [line for line in open(self.path, encoding="utf-8")
-                if line.strip() and not (json.loads(line).get("stage") == stage and json.loads(line).get("step", 0) > step)]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        records = [json.loads(line) for line in lines]
+        kept = [line for line, r in zip(lines, records) if not (r.get("stage") == stage and r.get("step", 0) > step)]
+        write_text_atomic(self.path, "".join(kept))
 
     def log(self, stage: str, step: int, metrics: Dict[str, float]) -> None:
         if not self.enabled:

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from .config import ConfigError, RLHFConfig, load_config
 from .engine import (barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything,
                      zero_stage)
+from .files import write_text_atomic
 from .logging import MetricsLogger, get_logger, write_plots
 from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
 from .trainers.common import RunContext
@@ -192,10 +193,7 @@ class RLHFPipeline:
             s["gold_gap_closed"] = (ppo - sft) / (top - sft)
         if self.dist.is_main:
             path = os.path.join(self.cfg.save_dir, "logs", "summary.json")
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(s, f, indent=2)
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(s, indent=2))
             if self.cfg.logging.plots:
                 write_plots(self.metrics.path, self.path("plots"), PLOTS)
             self.log.info("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()

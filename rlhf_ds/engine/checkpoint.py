@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ..files import replace_dir, write_text_atomic
 from . import distributed as D
 from .engines import Engine
 
@@ -52,14 +53,6 @@ def set_rng_state(state: Dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CheckpointManager:
@@ -96,12 +89,11 @@ class CheckpointManager:
         if extra:
             torch.save(extra, os.path.join(staging, f"extra_rank{info.rank}.pt"))
         if info.is_main:
-            _write_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(trainer_state, indent=2))
+            write_text_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(trainer_state, indent=2))
         D.barrier()
         if info.is_main:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
-            _write_atomic(os.path.join(self.root, LATEST), tag + "\n")
+            replace_dir(staging, final)
+            write_text_atomic(os.path.join(self.root, LATEST), tag + "\n")
             self._prune(keep_tag=tag)
         D.barrier()
         return final

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..files import replace_dir
 from . import distributed as D
 from .engines import Engine
 from .lora_hybrid import has_lora
@@ -61,13 +62,6 @@ def write_model_dir(out_dir: str, save_weights: Callable[[str], None], tokenizer
         with open(os.path.join(staging, "rlhf_ds.json"), "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2)
     replace_dir(staging, out_dir)
-
-
-def replace_dir(staged: str, final: str) -> None:
-    """Put the finished directory `staged` where `final` was: the old one is removed first, then one
-    rename, so `final` is never a half-written directory."""
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(staged, final)
 
 
 def read_metadata(model_dir: str) -> Optional[Dict]:

@@ -20,7 +20,8 @@ import torch
 
 from ..data.dataset import RankingDataset
 from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine,
-                      export_pretrained, replace_dir)
+                      export_pretrained)
+from ..files import replace_dir
 from ..logging import progress
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho

@@ -16,8 +16,8 @@ from typing import Dict, Optional
 import torch
 
 from ..data.dataset import SFTDataset
-from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained,
-                      replace_dir)
+from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained)
+from ..files import replace_dir
 from ..logging import progress
 from ..models.policy import PolicyModel
 from .common import RunContext, ShardedSampler, eval_shard, plan_batches, resume_state
