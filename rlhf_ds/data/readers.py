@@ -28,7 +28,7 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from rlhf_ds.data.records import DataFormatError, Location
 
@@ -88,26 +88,22 @@ def _decode_line(raw: bytes, first: bool) -> str:
 
 
 def _read_json_lines(path: str) -> RawRows:
-    rows, blank = [], 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            loc = Location(path, number)
-            try:
-                text = _decode_line(raw, number == 1)
-            except UnicodeDecodeError as e:
-                rows.append(RawRow(loc, raw.decode("utf-8", "replace"), f"not valid UTF-8 ({e.reason})"))
-                continue
-            if not text.strip():
-                blank += 1
-                continue
-            try:
-                rows.append(RawRow(loc, json.loads(text)))
-            except json.JSONDecodeError as e:
-                rows.append(RawRow(loc, text, f"invalid JSON: {e.msg} (column {e.colno})"))
-    return RawRows(path, rows, blank)
+    def parse(loc: Location, text: str) -> RawRow:
+        try:
+            return RawRow(loc, json.loads(text))
+        except json.JSONDecodeError as e:
+            return RawRow(loc, text, f"invalid JSON: {e.msg} (column {e.colno})")
+
+    return _scan_lines(path, parse)
 
 
 def _read_text_lines(path: str) -> RawRows:
+    return _scan_lines(path, RawRow)
+
+
+def _scan_lines(path: str, parse: Callable[[Location, str], RawRow]) -> RawRows:
+    """`parse(location, text)` for each non-blank line; blank lines are counted. A line that is not
+    UTF-8 is an invalid row with no value, so nothing downstream can take it for text."""
     rows, blank = [], 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -120,7 +116,7 @@ def _read_text_lines(path: str) -> RawRows:
             if not text.strip():
                 blank += 1
                 continue
-            rows.append(RawRow(loc, text))
+            rows.append(parse(loc, text))
     return RawRows(path, rows, blank)
 
 

@@ -74,6 +74,21 @@ def test_json_array_reports_the_line_where_each_record_starts(tmp_path):
     assert contents(result) == EXPECTED[:3] and result.errors == [(opening[2], "missing field 'rejected'")]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_line_that_is_not_utf8_is_invalid_not_a_prompt(tmp_path, suffix):
+    # In a prompt file, a line that fails to parse as JSON may be plain text; a line that is not
+    # UTF-8 must not become a prompt full of replacement characters.
+    path = tmp_path / f"prompts{suffix}"
+    path.write_bytes(b'{"prompt": "describe the cat"}\n\xff\xfe bad bytes\n{"prompt": "the sun"}\n')
+    with pytest.raises(DataFormatError) as e:
+        load_records(str(path), "prompt")
+    assert str(e.value).startswith(f"{path}:2: not valid UTF-8")
+    result = load_records(str(path), "prompt", skip_invalid=True)
+    assert [line for line, _ in result.errors] == [2]
+    assert len(result.records) == 2
+    assert all("\ufffd" not in r.messages[0].content for r in result.records)
+
+
 def test_broken_json_array_is_fatal_even_when_skipping(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('[\n  {"prompt": "a", "response": "b"},\n  {"prompt": "c", "response": }\n]\n')
