@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from rlhf_ds.rl import IGNORE_INDEX
+from rlhf_ds.rl import IGNORE_INDEX, entropy_from_logits
 from rlhf_ds.rl import gather_logprobs as gather_logprobs_reference
 
 from ._backend import HAS_TRITON, resolve, tl, triton
@@ -347,10 +347,7 @@ def _check(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> No
 def entropy_reference(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
                       ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Plain entropy of softmax(logits / temperature), 0 where labels == ignore_index."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    p = logp.exp()
-    ent = -torch.where(p > 0, p * logp, 0.0).sum(-1)
-    return ent.masked_fill(labels == ignore_index, 0.0)
+    return entropy_from_logits(logits, temperature).masked_fill(labels == ignore_index, 0.0)
 
 
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
