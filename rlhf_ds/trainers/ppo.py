@@ -89,18 +89,19 @@ def evaluate_policy(ctx: RunContext, actor, hybrid, reward, prompts: PromptDatas
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(ctx.cfg.seed + 7919 + dist.rank)
-        for start in range(0, per_rank, chunk):
-            part = rows[start:start + chunk]
-            batch = prompts.collate([prompts[i] for i in part]).to(actor.device)
+        if rows:
+            # One generate_rollout for all of this rank's prompts: the actor is gathered once, and
+            # generation still runs `chunk` prompts at a time.
+            batch = prompts.collate([prompts[i] for i in rows]).to(actor.device)
             rollout = generate_rollout(actor, hybrid, batch.input_ids, batch.attention_mask, settings,
                                        tok.eos_token_id, tok.pad_token_id, chunk)
-            scores = reward(rollout.sequences, rollout.attention_mask)["scores"].double().cpu()
-            sums[1] += scores.sum()
+            for part in rollout.split(chunk):
+                sums[1] += reward(part.sequences, part.attention_mask)["scores"].double().sum().cpu()
             sums[2] += rollout.action_mask.sum().double().cpu()
-            sums[3] += len(part)
+            sums[3] += len(rows)
             if ctx.gold_reward_fn is not None:
                 responses = decode_responses(tok, rollout)
-                sums[0] += sum(ctx.gold_reward_fn([user_texts[i] for i in part], responses))
+                sums[0] += sum(ctx.gold_reward_fn([user_texts[i] for i in rows], responses))
     t = all_reduce_sum(sums)
     n = max(1.0, float(t[3]))
     out = {"eval_rm_score": float(t[1] / n), "eval_response_length": float(t[2] / n), "eval_prompts": int(n)}
