@@ -64,7 +64,8 @@ class CheckpointManager:
         path = os.path.join(self.root, LATEST)
         if not os.path.isfile(path):
             return None
-        tag = open(path, encoding="utf-8").read().strip()
+        with open(path, encoding="utf-8") as f:
+            tag = f.read().strip()
         if not tag or not os.path.isdir(os.path.join(self.root, tag)):
             # Never fall back to a fresh start silently: that is a resume that runs zero steps of the
             # old run and overwrites its outputs.
@@ -89,7 +90,9 @@ class CheckpointManager:
         if extra:
             torch.save(extra, os.path.join(staging, f"extra_rank{info.rank}.pt"))
         if info.is_main:
-            write_text_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(trainer_state, indent=2))
+            # The rank count is recorded here, not by each trainer, so the resume check below always has it.
+            state = {**trainer_state, "world_size": info.world_size}
+            write_text_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(state, indent=2))
         D.barrier()
         if info.is_main:
             replace_dir(staging, final)
@@ -106,8 +109,9 @@ class CheckpointManager:
             return None
         info = D.get_info()
         directory = os.path.join(self.root, tag)
-        state = json.load(open(os.path.join(directory, "trainer_state.json"), encoding="utf-8"))
-        saved_world = state.get("world_size", info.world_size)
+        with open(os.path.join(directory, "trainer_state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        saved_world = state["world_size"]
         if saved_world != info.world_size:
             raise RuntimeError(f"checkpoint {directory} was written by {saved_world} ranks, this run has "
                                f"{info.world_size}; exact resume needs the same number of ranks")

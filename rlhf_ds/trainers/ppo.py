@@ -310,7 +310,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
             state = {"iteration": it + 1, "sampler": sampler.state_dict(), "kl_controller": kl_ctl.state_dict(),
                      "moments": moments.state_dict() if moments is not None else None,
                      "ptx_sampler": ptx_sampler.state_dict() if ptx_sampler is not None else None,
-                     "summary": summary, "world_size": dist.world_size}
+                     "summary": summary}
             ckpt.save(f"iter{it + 1}", {"actor": actor, "critic": critic}, state,
                       extra={"ema": ema.state_dict()} if ema is not None else None)
         last_eval = {}

@@ -163,8 +163,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
             ctx.metrics.log("reward", step, metrics)
         if cfg.save_interval and step % cfg.save_interval == 0 and step < total:
             ckpt.save(f"step{step}", {"reward": engine}, {"step": step, "best_eval_accuracy": best,
-                                                          "sampler": sampler.state_dict(),
-                                                          "world_size": dist.world_size})
+                                                          "sampler": sampler.state_dict()})
     bar.close()
     # 5. export the best
     if dist.is_main:

@@ -119,8 +119,7 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
                 ctx.metrics.log("sft", step, metrics)
         if cfg.save_interval and step % cfg.save_interval == 0 and step < total:
             ckpt.save(f"step{step}", {"sft": engine}, {"step": step, "best_eval_loss": best,
-                                                       "sampler": sampler.state_dict(),
-                                                       "world_size": dist.world_size})
+                                                       "sampler": sampler.state_dict()})
     bar.close()
     # 5. export: the best model becomes sft/, the last one sft/last/
     export_pretrained(engine, "lm", os.path.join(out_dir + ".best", "last"), ctx.tokenizer,

@@ -1,4 +1,5 @@
 """Checkpoints on one rank: atomic layout, crash while saving, pruning, loud failures."""
+import json
 import os
 
 import pytest
@@ -35,7 +36,7 @@ def test_save_load_round_trip_and_latest_is_plain_text(engine, tmp_path):
     ckpt = CheckpointManager(str(tmp_path), keep=2)
     _train_step(engine)
     before = engine.module.lin.weight.detach().clone()
-    ckpt.save("step1", {"tiny": engine}, {"step": 1, "world_size": 1})
+    ckpt.save("step1", {"tiny": engine}, {"step": 1})
     assert open(tmp_path / "latest").read() == "step1\n"
     first_draw = torch.rand(3)                   # what the run would have drawn next
     _train_step(engine)
@@ -48,20 +49,20 @@ def test_save_load_round_trip_and_latest_is_plain_text(engine, tmp_path):
 
 def test_crash_while_saving_leaves_previous_checkpoint(engine, tmp_path):
     ckpt = CheckpointManager(str(tmp_path), keep=2)
-    ckpt.save("step1", {"tiny": engine}, {"step": 1, "world_size": 1})
+    ckpt.save("step1", {"tiny": engine}, {"step": 1})
     # A save killed half-way leaves only a .partial folder; latest still names the complete one.
     os.makedirs(tmp_path / "step2.partial" / "tiny")
     (tmp_path / "step2.partial" / "tiny" / "garbage").write_text("torn")
     assert ckpt.latest_tag() == "step1"
     assert ckpt.load({"tiny": engine})["step"] == 1
-    ckpt.save("step3", {"tiny": engine}, {"step": 3, "world_size": 1})
+    ckpt.save("step3", {"tiny": engine}, {"step": 3})
     assert not (tmp_path / "step2.partial").exists()     # cleaned up by the next save
 
 
 def test_old_checkpoints_pruned(engine, tmp_path):
     ckpt = CheckpointManager(str(tmp_path), keep=2)
     for step in (1, 2, 3):
-        ckpt.save(f"step{step}", {"tiny": engine}, {"step": step, "world_size": 1})
+        ckpt.save(f"step{step}", {"tiny": engine}, {"step": step})
     assert sorted(d for d in os.listdir(tmp_path) if d.startswith("step")) == ["step2", "step3"]
 
 
@@ -75,6 +76,12 @@ def test_missing_checkpoint_named_by_latest_is_an_error(engine, tmp_path):
 
 def test_resume_with_another_world_size_is_refused(engine, tmp_path):
     ckpt = CheckpointManager(str(tmp_path))
-    ckpt.save("step1", {"tiny": engine}, {"step": 1, "world_size": 4})
+    path = ckpt.save("step1", {"tiny": engine}, {"step": 1})
+    state_file = os.path.join(path, "trainer_state.json")
+    with open(state_file) as f:
+        state = json.load(f)
+    assert state["world_size"] == 1          # recorded by the manager itself
+    with open(state_file, "w") as f:         # as if 4 ranks had written it
+        json.dump({**state, "world_size": 4}, f)
     with pytest.raises(RuntimeError, match="written by 4 ranks"):
         ckpt.load({"tiny": engine})
