@@ -21,7 +21,8 @@ import torch
 
 from . import distributed as D
 from .ds_config import dtype_of, inference_config, offloads_optimizer, training_config, zero_stage
-from .quantized import check_stage, full_precision_cpu, is_quantized, pinned_device
+from ..models.quantization import is_quantized
+from .quantized import check_stage, full_precision_cpu, pinned_device
 
 
 @contextlib.contextmanager

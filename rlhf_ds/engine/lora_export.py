@@ -27,6 +27,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..models.quantization import is_quantized
 from . import distributed as D
 from .engines import Engine
 from .lora_hybrid import active_adapter, lora_layers, merged_weight
@@ -127,7 +128,7 @@ def export_lora(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadat
             layer = lora_layers(hf_model)[0][1]
             a = active_adapter(layer)
             metadata = {**metadata, "lora": {"r": layer.r[a], "alpha": layer.lora_alpha[a], "adapter": ADAPTER_DIR,
-                                             "merged_into": "dequantised 4-bit base" if _quantized(hf_model)
+                                             "merged_into": "dequantised 4-bit base" if is_quantized(hf_model)
                                              else "base"}}
 
         def save_weights(staging: str) -> None:
@@ -137,7 +138,3 @@ def export_lora(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadat
         write_model_dir(out_dir, save_weights, tokenizer, metadata)
     D.barrier()
     return out_dir
-
-
-def _quantized(model) -> bool:
-    return any(type(p).__name__ == "Params4bit" for p in model.parameters())

@@ -15,13 +15,7 @@ from typing import Optional
 
 import torch
 
-
-def is_4bit_param(p: torch.Tensor) -> bool:
-    return type(p).__name__ == "Params4bit"
-
-
-def is_quantized(module: torch.nn.Module) -> bool:
-    return any(is_4bit_param(p) for p in module.parameters())
+from ..models.quantization import is_4bit_param
 
 
 class QuantizedStageError(ValueError):
