@@ -142,15 +142,10 @@ def release_storage(module: torch.nn.Module) -> None:
 def empty_copy(hf_model, device: torch.device, dtype: Optional[torch.dtype] = None):
     """An uninitialised instance of `hf_model`'s architecture: built on the meta device (so it costs
     nothing and never runs weight init), then given real but empty storage."""
-    from transformers import AutoModelForCausalLM
-
-    config = hf_model.config
+    # The model's own class, not AutoModelForCausalLM: it also covers architectures the Auto class
+    # does not know, and _from_config honours the dtype for every class.
     with torch.device("meta"):
-        try:
-            plain = AutoModelForCausalLM.from_config(config, dtype=dtype or _param_dtype(hf_model))
-        except (ValueError, KeyError):
-            # An architecture not registered with the Auto class: build it from its own class.
-            plain = type(hf_model)(config)
+        plain = type(hf_model)._from_config(hf_model.config, dtype=dtype or _param_dtype(hf_model))
     plain = plain.to_empty(device=device)
     plain.eval()
     for p in plain.parameters():
