@@ -56,7 +56,7 @@ class TensorBatch:
     @classmethod
     def cat(cls: Type[B], batches: List[B]) -> B:
         """Concatenate along the batch dimension. Fields with different sequence
-        lengths are not padded here: callers pad first (see `pad_to`)."""
+        lengths are not padded here: callers pad first (see `pad_right`)."""
         if not batches:
             raise ValueError("cat() needs at least one batch")
         out = {}
@@ -81,16 +81,6 @@ def pad_right(t: torch.Tensor, length: int, value) -> torch.Tensor:
     if extra == 0:
         return t
     return torch.nn.functional.pad(t, (0, extra), value=value)
-
-
-def pad_left(t: torch.Tensor, length: int, value) -> torch.Tensor:
-    """Pad the last dimension of `t` on the left to `length`."""
-    extra = length - t.shape[-1]
-    if extra < 0:
-        raise ValueError(f"cannot pad length {t.shape[-1]} down to {length}")
-    if extra == 0:
-        return t
-    return torch.nn.functional.pad(t, (extra, 0), value=value)
 
 
 

@@ -119,15 +119,3 @@ def offloads_optimizer(cfg: Dict[str, Any]) -> bool:
 def dtype_of(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-
-def describe(cfg: Dict[str, Any]) -> str:
-    z = cfg.get("zero_optimization", {})
-    parts = [f"ZeRO-{z.get('stage', 0)}"]
-    if z.get("offload_optimizer", {}).get("device", "none") != "none":
-        parts.append("optimizer offload")
-    if z.get("offload_param", {}).get("device", "none") != "none":
-        parts.append("param offload")
-    prec = "bf16" if cfg.get("bf16", {}).get("enabled") else "fp16" if cfg.get("fp16", {}).get("enabled") else "fp32"
-    parts.append(prec)
-    return ", ".join(parts)
-

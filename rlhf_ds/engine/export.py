@@ -23,26 +23,21 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None,
-                      state_transform=None) -> str:
+def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None) -> str:
     """Save `engine.module.<attr>` (a PreTrainedModel) with full weights to `out_dir`. Collective.
 
-    `state_transform(state_dict, hf_model) -> (state_dict, model_to_save)` lets the LoRA code merge
-    adapters into a full-precision copy before writing. A model with LoRA adapters and no transform is
-    exported merged, with the adapter alone under `out_dir/adapter/` (see lora_export.py).
+    A model with LoRA adapters is exported merged, with the adapter alone under `out_dir/adapter/`
+    (see lora_export.py).
     """
-    if state_transform is None and has_lora(getattr(engine.module, attr)):
+    if has_lora(getattr(engine.module, attr)):
         from .lora_export import export_lora
         return export_lora(engine, attr, out_dir, tokenizer, metadata)
     state = engine.full_state_dict()
     if D.get_info().is_main:
         hf_model = getattr(engine.module, attr)
         state = strip_prefix(state, f"{attr}.")
-        to_save = hf_model
-        if state_transform is not None:
-            state, to_save = state_transform(state, hf_model)
-        write_model_dir(out_dir, lambda staging: to_save.save_pretrained(staging, state_dict=state,
-                                                                         safe_serialization=True),
+        write_model_dir(out_dir, lambda staging: hf_model.save_pretrained(staging, state_dict=state,
+                                                                          safe_serialization=True),
                         tokenizer, metadata)
     D.barrier()
     return out_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -140,7 +140,3 @@ def resume_state(ctx: RunContext, ckpt, engines: Dict[str, object], stage: str, 
     ctx.log.info(f"{stage}: resumed at {position_key} {state[position_key]} from {state['_tag']}")
     return state
 
-
-def cycle_micro_batches(rows: List, micro: int) -> Iterator[List]:
-    for i in range(0, len(rows), micro):
-        yield rows[i:i + micro]

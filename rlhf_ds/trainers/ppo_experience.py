@@ -8,9 +8,8 @@ tokens up to and including the first EOS.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -103,12 +102,10 @@ def _generation_model(actor: Engine, hybrid: Optional[HybridEngine]):
 
 @torch.no_grad()
 def score_rollout(rollout: Rollout, actor: Engine, ref: Engine, critic: Engine, reward: Engine, micro: int,
-                  temperature: float, ref_logprob_fn: Optional[Callable] = None):
+                  temperature: float):
     """Step 2: old and reference log-probs, values and scores, `micro` rows per forward.
 
-    Every rank runs the same number of forwards (ZeRO-3 forwards are collective).
-    `ref_logprob_fn(seqs, mask, R)` replaces the reference engine (LoRA: the actor with its
-    adapters disabled)."""
+    Every rank runs the same number of forwards (ZeRO-3 forwards are collective)."""
     r = rollout.response_length
     old_lp, ref_lp, values, scores = [], [], [], []
     for engine in (actor, critic):
@@ -116,10 +113,7 @@ def score_rollout(rollout: Rollout, actor: Engine, ref: Engine, critic: Engine, 
     for part in rollout.split(micro):
         seqs, attn = part.sequences, part.attention_mask
         old_lp.append(actor(seqs, attn, num_scored=r, temperature=temperature)["logprobs"])
-        if ref_logprob_fn is not None:
-            ref_lp.append(ref_logprob_fn(seqs, attn, r))
-        else:
-            ref_lp.append(ref(seqs, attn, num_scored=r, temperature=temperature)["logprobs"])
+        ref_lp.append(ref(seqs, attn, num_scored=r, temperature=temperature)["logprobs"])
         values.append(critic(seqs, attn, num_values=r)["values"])
         scores.append(reward(seqs, attn)["scores"])
     for engine in (actor, critic):
@@ -140,7 +134,3 @@ def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     if not shift_mean:
         out = out + mean.to(x.dtype)
     return out * m
-
-
-def replace(exp: Experience, **changes) -> Experience:
-    return dataclasses.replace(exp, **changes)
