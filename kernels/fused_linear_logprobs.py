@@ -17,7 +17,6 @@ row reduction is `gather_logprobs`' kernel (`triton_logprobs_fwd` / `_bwd`).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
@@ -30,13 +29,10 @@ from .gather_logprobs import (
     chunk_grad,
     chunk_stats,
     entropy_reference,
+    torch_chunk_rows,
     triton_logprobs_bwd,
     triton_logprobs_fwd,
 )
-
-# The module itself (the package attribute of the same name is the function): its
-# TORCH_CHUNK_BYTES is read at call time, so one setting governs both torch paths.
-_gather_module = importlib.import_module(__package__ + ".gather_logprobs")
 
 # Triton path: a chunk of logits (in the hidden dtype) is at most this big. Large enough
 # that each chunk GEMM runs near peak, small next to the N x V logits it replaces.
@@ -48,8 +44,8 @@ _out_dtype_mm_works: Optional[bool] = None  # learnt on first use on CUDA
 def _chunk_rows(n: int, v: int, elem_size: int, on_gpu: bool) -> int:
     if on_gpu:
         rows = GPU_CHUNK_BYTES // (v * elem_size)
-    else:  # the torch path makes ~2 fp32 copies of a chunk: budget as gather_logprobs does
-        rows = _gather_module.TORCH_CHUNK_BYTES // (4 * v)
+    else:  # the torch path makes ~2 fp32 copies of a chunk: one budget (read at call time) for both ops
+        rows = torch_chunk_rows(v)
     rows = max(1, min(n, rows))
     return 1 << (rows.bit_length() - 1) if rows < n else rows  # power of two unless all of N
 
@@ -169,10 +165,9 @@ def fused_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     which = resolve(backend, hidden.device)
     if which == "reference":
-        logp = fused_linear_logprobs_reference(hidden, weight, labels, temperature, ignore_index)
-        if return_entropy:
-            return logp, entropy_reference(hidden @ weight.t(), labels, temperature, ignore_index)
-        return logp
+        logits = hidden @ weight.t()     # once, for the log-probs and the entropy
+        logp = _gather_logprobs_reference(logits, labels, temperature, ignore_index)
+        return (logp, entropy_reference(logits, labels, temperature, ignore_index)) if return_entropy else logp
     h2 = hidden.reshape(-1, hidden.shape[-1])
     n, v = h2.shape[0], weight.shape[0]
     use_triton = which == "triton"
