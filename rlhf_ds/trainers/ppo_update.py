@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
-from ..engine import Engine, all_reduce_sum
+from ..engine import Engine, all_reduce_max, all_reduce_sum
 from ..rl import ppo_policy_loss, token_mean, value_loss
 from .ppo_experience import Experience
 
@@ -32,22 +32,32 @@ class UpdateSettings:
 
 @dataclass
 class StatSums:
-    """Token-weighted sums of per-micro-batch statistics, reduced over ranks at the end."""
+    """Token-weighted sums of per-micro-batch statistics, reduced over ranks at the end. A statistic
+    named `*_max` is a maximum and is reduced as one (a weighted mean of maxima is not a maximum)."""
     sums: Dict[str, float] = field(default_factory=dict)
     weights: Dict[str, float] = field(default_factory=dict)
+    maxima: Dict[str, float] = field(default_factory=dict)
 
     def add(self, name: str, value, weight: float) -> None:
         v = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
+        if name.endswith("_max"):
+            self.maxima[name] = max(self.maxima.get(name, v), v)
+            return
         self.sums[name] = self.sums.get(name, 0.0) + v * weight
         self.weights[name] = self.weights.get(name, 0.0) + weight
 
     def reduce(self) -> Dict[str, float]:
+        out = {}
         names = sorted(self.sums)
-        if not names:
-            return {}
-        packed = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
-        packed = all_reduce_sum(packed)
-        return {n: float(s / w) if w > 0 else 0.0 for n, (s, w) in zip(names, packed.tolist())}
+        if names:
+            packed = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
+            packed = all_reduce_sum(packed)
+            out = {n: float(s / w) if w > 0 else 0.0 for n, (s, w) in zip(names, packed.tolist())}
+        peaks = sorted(self.maxima)
+        if peaks:
+            top = all_reduce_max(torch.tensor([self.maxima[n] for n in peaks], dtype=torch.float64))
+            out.update(zip(peaks, top.tolist()))
+        return out
 
 
 def minibatches(n: int, size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:

@@ -5,6 +5,7 @@ import torch
 from rlhf_ds.models.positions import last_token_index, positions_from_mask
 from rlhf_ds.trainers.common import ShardedSampler, plan_batches
 from rlhf_ds.trainers.ppo_experience import response_masks
+from rlhf_ds.trainers.ppo_update import StatSums
 
 
 def test_plan_batches_divides_or_explains():
@@ -51,3 +52,14 @@ def test_positions_and_last_token_for_any_padding():
     assert last_token_index(mask).tolist() == [4, 5, 1]
     with pytest.raises(ValueError, match="all zeros"):
         last_token_index(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_update_statistics_are_token_weighted_means_except_maxima():
+    stats = StatSums()
+    stats.add("clip_fraction", torch.tensor(0.1), 30.0)
+    stats.add("clip_fraction", torch.tensor(0.4), 10.0)
+    stats.add("ratio_max", torch.tensor(1.3), 30.0)
+    stats.add("ratio_max", torch.tensor(2.5), 10.0)
+    out = stats.reduce()
+    assert out["clip_fraction"] == pytest.approx((0.1 * 30 + 0.4 * 10) / 40)
+    assert out["ratio_max"] == pytest.approx(2.5)   # the largest, not a weighted mean of the two
