@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from ..config import RLHFConfig
-from ..engine import DistInfo
+from ..engine import DistInfo, all_reduce_max
 from ..logging import MetricsLogger, PhaseTimer
 
 
@@ -92,6 +93,17 @@ class ShardedSampler:
 def eval_shard(size: int, rank: int, world: int) -> List[int]:
     """This rank's share of an evaluation set (strided, every record counted exactly once)."""
     return list(range(rank, size, world))
+
+
+def eval_batches(dataset, micro: int, dist: DistInfo, device) -> Iterator[Tuple[object, bool]]:
+    """This rank's evaluation batches of up to `micro` records, as (batch, counted). Every rank yields
+    as many as the busiest one (ZeRO-3 forwards are collective); the extra ones, on a rank with fewer
+    records or none at all, are padding forwards on record 0 and must not be counted."""
+    idx = eval_shard(len(dataset), dist.rank, dist.world_size)
+    n_batches = int(all_reduce_max(torch.tensor(math.ceil(len(idx) / micro))))
+    for b in range(n_batches):
+        rows = idx[b * micro:(b + 1) * micro]
+        yield dataset.collate([dataset[i] for i in (rows or [0])]).to(device), bool(rows)
 
 
 @dataclass

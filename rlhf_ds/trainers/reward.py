@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Dict, Optional
@@ -19,13 +18,12 @@ from typing import Dict, Optional
 import torch
 
 from ..data.dataset import RankingDataset
-from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine,
-                      export_pretrained)
+from ..engine import CheckpointManager, all_reduce_sum, barrier, build_train_engine, export_pretrained
 from ..files import replace_dir
 from ..logging import progress
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho
-from .common import RunContext, ShardedSampler, eval_shard, plan_batches, resume_state
+from .common import RunContext, ShardedSampler, eval_batches, plan_batches, resume_state
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import lora_settings, scalar_lm
 
@@ -54,15 +52,11 @@ def ranking_loss(scores: torch.Tensor, batch, loss_kind: str, margin: float, num
 def evaluate_reward(engine, dataset, micro: int, dist) -> Dict[str, float]:
     """Accuracy and mean margin over every ranked pair of the eval set; rank correlations for K > 2."""
     engine.eval()
-    idx = eval_shard(len(dataset), dist.rank, dist.world_size)
-    n_batches = int(all_reduce_max(torch.tensor(math.ceil(len(idx) / micro))))
     sums = torch.zeros(6, dtype=torch.float64)   # correct, pairs, margin sum, tau sum, rho sum, groups(K>2)
-    for b in range(n_batches):
-        rows = idx[b * micro:(b + 1) * micro]
-        batch = dataset.collate([dataset[i] for i in (rows or idx[:1])]).to(engine.device)
+    for batch, counted in eval_batches(dataset, micro, dist, engine.device):
         scores = group_scores(engine, batch).double().cpu()
-        if not rows:
-            continue   # kept ranks in step; not counted
+        if not counted:
+            continue
         ranks = batch.ranks.cpu()
         valid = ranks >= 0
         better = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)

@@ -16,11 +16,11 @@ from typing import Dict, Optional
 import torch
 
 from ..data.dataset import SFTDataset
-from ..engine import (CheckpointManager, all_reduce_max, all_reduce_sum, barrier, build_train_engine, export_pretrained)
+from ..engine import CheckpointManager, all_reduce_sum, barrier, build_train_engine, export_pretrained
 from ..files import replace_dir
 from ..logging import progress
 from ..models.policy import PolicyModel
-from .common import RunContext, ShardedSampler, eval_shard, plan_batches, resume_state
+from .common import RunContext, ShardedSampler, eval_batches, plan_batches, resume_state
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import causal_lm, lora_settings
 from .ops import token_ops
@@ -37,16 +37,11 @@ def sft_token_loss(engine, batch, num_tokens) -> torch.Tensor:
 def evaluate_sft(engine, dataset, micro: int, dist) -> Dict[str, float]:
     """Mean NLL per target token over the whole eval set (all ranks) and its perplexity."""
     engine.eval()
-    idx = eval_shard(len(dataset), dist.rank, dist.world_size)
-    # Every rank must run the same number of forwards (ZeRO-3 forwards are collective).
-    n_batches = int(all_reduce_max(torch.tensor(math.ceil(len(idx) / micro))))
     nll, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    for b in range(n_batches):
-        rows = idx[b * micro:(b + 1) * micro] or idx[:1]
-        batch = dataset.collate([dataset[i] for i in rows]).to(engine.device)
+    for batch, counted in eval_batches(dataset, micro, dist, engine.device):
         out = engine(batch.input_ids, batch.attention_mask)
-        if not idx[b * micro:(b + 1) * micro]:
-            continue   # a padding forward to keep ranks in step; not counted
+        if not counted:
+            continue
         targets = batch.labels[:, 1:] != -100
         nll += -(out["logprobs"] * targets).sum().double().cpu()
         tokens += targets.sum().double().cpu()
