@@ -224,9 +224,12 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
             ema.load_state_dict(state["_extra"]["ema"])
 
     def ptx_batches():
+        # A sampler batch holds one minibatch's worth of rows (micro x grad_accum per rank): its micro
+        # parts go to the minibatch's micro-steps in turn, none collated and then dropped.
         while True:
             rows = ptx_sampler.next_indices()
-            yield ptx_ds.collate([ptx_ds[i] for i in rows]).to(actor.device).split(mb_plan.micro)[0]
+            for part in ptx_ds.collate([ptx_ds[i] for i in rows]).split(mb_plan.micro):
+                yield part.to(actor.device)
 
     def ptx_loss(engine, batch):
         targets = (batch.labels[:, 1:] != -100).sum().clamp(min=1)
