@@ -23,9 +23,11 @@ the JSON held) and, for a text line that is not valid JSON, the parse error.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Callable, List, Optional
@@ -87,25 +89,27 @@ def _decode_line(raw: bytes, first: bool) -> str:
     return raw.decode("utf-8-sig" if first else "utf-8").rstrip("\r\n")
 
 
-def _read_json_lines(path: str) -> RawRows:
-    def parse(loc: Location, text: str) -> RawRow:
-        try:
-            return RawRow(loc, json.loads(text))
-        except json.JSONDecodeError as e:
-            return RawRow(loc, text, f"invalid JSON: {e.msg} (column {e.colno})")
+def _json_row(loc: Location, text: str) -> RawRow:
+    try:
+        return RawRow(loc, json.loads(text))
+    except json.JSONDecodeError as e:
+        return RawRow(loc, text, f"invalid JSON: {e.msg} (column {e.colno})")
 
-    return _scan_lines(path, parse)
+
+def _read_json_lines(path: str, data: Optional[bytes] = None) -> RawRows:
+    return _scan_lines(path, _json_row, data)
 
 
 def _read_text_lines(path: str) -> RawRows:
     return _scan_lines(path, RawRow)
 
 
-def _scan_lines(path: str, parse: Callable[[Location, str], RawRow]) -> RawRows:
-    """`parse(location, text)` for each non-blank line; blank lines are counted. A line that is not
-    UTF-8 is an invalid row with no value, so nothing downstream can take it for text."""
+def _scan_lines(path: str, parse: Callable[[Location, str], RawRow], data: Optional[bytes] = None) -> RawRows:
+    """`parse(location, text)` for each non-blank line of `path` (or of `data`, its bytes when already
+    read); blank lines are counted. A line that is not UTF-8 is an invalid row with no value, so
+    nothing downstream can take it for text."""
     rows, blank = [], 0
-    with open(path, "rb") as f:
+    with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
         for number, raw in enumerate(f, start=1):
             loc = Location(path, number)
             try:
@@ -124,24 +128,29 @@ def _read_json(path: str) -> RawRows:
     """A `.json` file: a JSON array of records, or JSON lines under a .json name."""
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataFormatError(Location(path, data.count(b"\n", 0, e.start) + 1),
-                              f"not valid UTF-8 ({e.reason})") from None
-    start = len(text) - len(text.lstrip())
-    if text[start:start + 1] == "{" and "\n" in text.strip():
+    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    first = body.lstrip()[:1]
+    if first == b"[":
+        # An array is one JSON document: it must decode (and parse) whole.
         try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(Location(path, data.count(b"\n", 0, e.start) + 1),
+                                  f"not valid UTF-8 ({e.reason})") from None
+        return RawRows(path, _parse_json_array(text, len(text) - len(text.lstrip()), path))
+    if first == b"{" and b"\n" in body.strip():
+        try:
+            whole = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             whole = None          # not one object: JSON lines, checked line by line
         if isinstance(whole, dict):
-            raise DataFormatError(Location(path, text.count("\n", 0, start) + 1),
+            start = len(body) - len(body.lstrip())
+            raise DataFormatError(Location(path, body.count(b"\n", 0, start) + 1),
                                   "the file is a single JSON object (keys: " + ", ".join(map(str, whole))
                                   + "); expected a JSON array of records or one JSON object per line")
-    if text[start:start + 1] != "[":
-        return _read_json_lines(path)
-    return RawRows(path, _parse_json_array(text, start, path))
+    # JSON lines under a .json name: line by line from the bytes already read, so one bad line is
+    # one invalid record, as in a .jsonl file.
+    return _read_json_lines(path, data)
 
 
 def _parse_json_array(text: str, pos: int, path: str) -> List[RawRow]:

@@ -74,7 +74,7 @@ def test_json_array_reports_the_line_where_each_record_starts(tmp_path):
     assert contents(result) == EXPECTED[:3] and result.errors == [(opening[2], "missing field 'rejected'")]
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".txt"])   # .json: JSON lines under a .json name
 def test_a_line_that_is_not_utf8_is_invalid_not_a_prompt(tmp_path, suffix):
     # In a prompt file, a line that fails to parse as JSON may be plain text; a line that is not
     # UTF-8 must not become a prompt full of replacement characters.
