@@ -112,15 +112,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(x: torch.Tensor | float) -> torch.Tensor:
-    """Sum over ranks (a new tensor; the input is left unchanged)."""
+def _all_reduce(x: torch.Tensor | float, op) -> torch.Tensor:
+    """`op` over ranks, as a new tensor (the input is left unchanged); Python numbers become fp64."""
     t = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else None).clone()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dev = get_info().device
-        moved = t.to(dev)
-        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        moved = t.to(get_info().device)
+        dist.all_reduce(moved, op=op)
         t = moved.to(t.device)
     return t
+
+
+def all_reduce_sum(x: torch.Tensor | float) -> torch.Tensor:
+    """Sum over ranks (a new tensor; the input is left unchanged)."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
 
 
 def all_reduce_mean(x: torch.Tensor | float) -> torch.Tensor:
@@ -129,12 +133,8 @@ def all_reduce_mean(x: torch.Tensor | float) -> torch.Tensor:
 
 
 def all_reduce_max(x: torch.Tensor | float) -> torch.Tensor:
-    t = torch.as_tensor(x).clone()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        moved = t.to(get_info().device)
-        dist.all_reduce(moved, op=dist.ReduceOp.MAX)
-        t = moved.to(t.device)
-    return t
+    """Maximum over ranks (a new tensor; the input is left unchanged)."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
