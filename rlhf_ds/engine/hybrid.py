@@ -9,7 +9,7 @@ breaks under ZeRO-3. Ours works for any Hugging Face causal LM:
 1. build an empty, hook-free copy of the architecture on the meta device (no memory),
 2. gather the ZeRO-3 shards bucket by bucket (`hybrid.gather_bucket_mb` bounds the
    temporary all-gather memory) and copy each into the copy; LoRA adapters are merged
-   into the copied weights where the base is not quantised (see `merge_fn`),
+   into the copied weights where the base is not quantised (`merged_lora_copy`),
 3. generate with the KV cache from left-padded prompts,
 4. drop the copy (unless `keep_gathered`), so training gets its memory back.
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 import torch
 
-from .engines import Engine, _buckets
-from .lora_hybrid import has_lora, merged_lora_copy
+from .engines import Engine
+from .lora_hybrid import merged_lora_copy
 
 
 @dataclass
@@ -66,9 +66,9 @@ class HybridEngine:
             (a `PreTrainedModel`, or a peft model around one).
         bucket_mb: gather shards in groups of about this many MB (0: all at once).
         keep_gathered: keep the generation copy between calls (refreshed from the shards each time).
-        merge_fn: builds the plain generation model and fills it; defaults to `copy_into_plain`.
-            The LoRA module supplies one that merges adapters (or keeps them unfused on a 4-bit base);
-            an actor with LoRA adapters gets `merged_lora_copy` by default (see lora_hybrid.py).
+        merge_fn: `(engine, copy or None, bucket_mb) -> copy`: builds the generation model and fills
+            it from the shards. Default `merged_lora_copy` (lora_hybrid.py): every weight gathered
+            as it is, LoRA-adapted layers fused to W + s * B @ A.
     """
 
     def __init__(self, engine: Engine, bucket_mb: float = 0.0, keep_gathered: bool = False,
@@ -76,7 +76,7 @@ class HybridEngine:
         self.engine = engine
         self.bucket_mb = bucket_mb
         self.keep_gathered = keep_gathered
-        self.merge_fn = merge_fn if merge_fn is not None or not has_lora(self.lm) else merged_lora_copy
+        self.merge_fn = merge_fn or merged_lora_copy
         self._plain = None
         self.last_gather_s = 0.0
         self.last_generate_s = 0.0
@@ -123,12 +123,8 @@ class HybridEngine:
     # ------------------------------------------------------------------ internals
     def _materialise(self):
         """A hook-free copy of the actor with full (gathered) weights on this rank's device."""
-        if self.merge_fn is not None:
-            plain = self.merge_fn(self.engine, self._plain, self.bucket_mb)
-        else:
-            plain = copy_into_plain(self.engine, self.lm, self._plain, self.bucket_mb)
-        self._plain = plain
-        return plain
+        self._plain = self.merge_fn(self.engine, self._plain, self.bucket_mb)
+        return self._plain
 
 
 def release_storage(module: torch.nn.Module) -> None:
@@ -159,34 +155,3 @@ def _param_dtype(model) -> torch.dtype:
     for p in model.parameters():
         return getattr(p, "ds_tensor", p).dtype
     return torch.float32
-
-
-def copy_into_plain(engine: Engine, hf_model, plain=None, bucket_mb: float = 0.0):
-    """Gather `hf_model`'s ZeRO-3 shards bucket by bucket into `plain` (built when None).
-
-    Names are matched with `remove_duplicate=False` so tied weights (embedding and LM head)
-    are filled under both names; buffers (rotary tables, which are not partitioned) are copied
-    as they are.
-    """
-    device = engine.device
-    if plain is None:
-        plain = empty_copy(hf_model, device)
-    targets: Dict[str, torch.Tensor] = dict(plain.named_parameters(remove_duplicate=False))
-    aliases: Dict[int, list] = {}
-    for name, p in hf_model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(name)
-    unique = list(hf_model.named_parameters())
-    with torch.no_grad():
-        for bucket in _buckets(unique, bucket_mb):
-            with engine.gathered([p for _, p in bucket]):
-                for _, p in bucket:
-                    for alias in aliases[id(p)]:
-                        if alias not in targets:
-                            raise KeyError(f"hybrid engine: parameter {alias!r} has no counterpart in the "
-                                           f"generation copy of {type(hf_model).__name__}")
-                        targets[alias].copy_(p.data)
-        plain_buffers = dict(plain.named_buffers())
-        for name, b in hf_model.named_buffers():
-            if name in plain_buffers:
-                plain_buffers[name].copy_(b.data)
-    return plain

@@ -89,7 +89,10 @@ def _unit_buckets(units, bucket_mb: float):
 
 def merged_lora_copy(engine: Engine, plain=None, bucket_mb: float = 0.0):
     """A hook-free copy of the actor's BASE architecture whose adapted layers hold W + s * B @ A,
-    gathered from the ZeRO-3 shards a bucket of layers at a time. The HybridEngine's merge_fn."""
+    gathered from the ZeRO-3 shards a bucket of layers at a time; every other parameter is copied
+    as it is (a model without adapters is copied whole). Names are matched with
+    `remove_duplicate=False` so tied weights are filled under both names; buffers (rotary tables,
+    never partitioned) are copied directly. The HybridEngine's default merge_fn."""
     from .hybrid import empty_copy
 
     hf_model = engine.module.lm
