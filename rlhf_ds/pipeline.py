@@ -42,8 +42,7 @@ class RLHFPipeline:
         self.summary: Dict[str, Any] = {}
         os.makedirs(cfg.save_dir, exist_ok=True)
         self.ds_config = load_ds_config(cfg.deepspeed.config)
-        precision = cfg.model.dtype if cfg.model.dtype != "auto" else "auto"
-        self.precision = resolve_precision(precision, self.dist.device)
+        self.precision = resolve_precision(cfg.model.dtype, self.dist.device)
         if self.dist.is_main:
             cfg.save(os.path.join(cfg.save_dir, "config.json"))
         self.task_paths: Dict[str, str] = {}
@@ -79,7 +78,7 @@ class RLHFPipeline:
     def _context(self) -> RunContext:
         return RunContext(cfg=self.cfg, dist=self.dist, ds_config=self.ds_config, precision=self.precision,
                           log=self.log, metrics=self.metrics, tokenizer=self.tokenizer,
-                          gold_reward_fn=self.gold_fn, gold_reward_max=self.gold_max)
+                          gold_reward_fn=self.gold_fn)
 
     def _data(self, configured: Optional[str], demo_name: str, what: str) -> str:
         if configured:

@@ -117,8 +117,6 @@ class RunContext:
     metrics: MetricsLogger
     tokenizer: object = None
     gold_reward_fn: Optional[Callable[[List[str], List[str]], List[float]]] = None
-    gold_reward_max: Optional[float] = None
-    paths: Dict[str, str] = field(default_factory=dict)
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     @property
@@ -126,7 +124,7 @@ class RunContext:
         return self.dist.is_main
 
     def path(self, name: str) -> str:
-        return self.paths.get(name) or os.path.join(self.cfg.save_dir, name)
+        return os.path.join(self.cfg.save_dir, name)
 
     @property
     def dtype(self) -> torch.dtype:
