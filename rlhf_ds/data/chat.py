@@ -119,7 +119,11 @@ class ChatFormatter:
 
     def encode_prompt(self, messages: Sequence[Message]) -> List[int]:
         """Token ids of the prompt with the generation prompt (what generation starts from)."""
-        return self._with_bos(self.encode(self.prompt_text(messages)))
+        return self.encode_prompt_text(self.prompt_text(messages))
+
+    def encode_prompt_text(self, text: str) -> List[int]:
+        """`encode_prompt` for a prompt already rendered by `prompt_text`."""
+        return self._with_bos(self.encode(text))
 
     def segments(self, messages: Sequence[Message], target_from: int = 0) -> List[Segment]:
         """The conversation as alternating non-target / target segments. Assistant turns

@@ -185,7 +185,7 @@ def tokenize_prompts(records, formatter: ChatFormatter, max_prompt_length: Optio
             raise TypeError(f"tokenize_prompts needs PromptRecord, got {type(rec).__name__} "
                             "(load with kind='prompt' to take the prompts of labelled data)")
         text = formatter.prompt_text(rec.messages)
-        ids = formatter.encode_prompt(rec.messages)
+        ids = formatter.encode_prompt_text(text)   # rendered once
         kept = ids if max_prompt_length is None else keep_last(ids, max_prompt_length, formatter.bos_ids)
         cut = stats.add(len(kept) < len(ids), 0)
         if cut:
