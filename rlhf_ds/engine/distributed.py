@@ -49,6 +49,20 @@ def choose_device(preference: str = "auto") -> str:
     return preference
 
 
+def _skip_shared_memory_allreduce_op() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce at init.
+
+    That op only serves `inference_all_reduce` (DeepSpeed's tensor-parallel inference), which
+    nothing here calls; the backend falls back to the process group without it. Building it
+    compiles torch's C++ headers: minutes on a 2-core machine, run by every rank of the first
+    launch on a fresh machine, and a launch killed mid-build leaves a lock file on which every
+    later launch waits forever. Marking the op incompatible is the switch DeepSpeed itself reads.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed(device_preference: str = "auto") -> DistInfo:
     """Initialise (once) the default process group and return where this rank runs."""
     global _INFO
@@ -81,6 +95,8 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
         cores = os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // max(1, local_world)))
     if not dist.is_initialized():
+        if kind == "cpu":
+            _skip_shared_memory_allreduce_op()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     _INFO = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                      local_world_size=local_world, device=device, backend=backend)
