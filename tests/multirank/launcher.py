@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,12 +27,23 @@ def deepspeed_cmd(script: str, args: List[str], ranks: int) -> List[str]:
 
 def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 600,
                   env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """Run to completion; on failure raise with the tail of the output."""
+    """Run to completion; on failure or timeout raise with the tail of the output.
+
+    The launcher runs in its own session so that a timeout kills its ranks too: killing only the
+    launcher would leave them running, holding cores and memory for every later test.
+    """
     full_env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run(deepspeed_cmd(script, args, ranks), cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    cmd = deepspeed_cmd(script, args, ranks)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"deepspeed {script} {' '.join(args)} still running after {timeout} s; killed:\n"
+                             f"{(out + err)[-6000:]}") from None
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-6000:]
-        raise AssertionError(f"deepspeed {script} {' '.join(args)} exited {proc.returncode}:\n{tail}")
-    return proc
+        raise AssertionError(f"deepspeed {script} {' '.join(args)} exited {proc.returncode}:\n{(out + err)[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
