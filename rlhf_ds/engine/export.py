@@ -14,9 +14,9 @@ from typing import Callable, Dict, Optional
 import torch
 
 from ..files import replace_dir
+from ..models.lora import has_lora
 from . import distributed as D
 from .engines import Engine
-from .lora_hybrid import has_lora
 
 
 def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

@@ -30,7 +30,8 @@ import torch
 from ..models.quantization import is_quantized
 from . import distributed as D
 from .engines import Engine
-from .lora_hybrid import active_adapter, lora_layers, merged_weight
+from ..models.lora import lora_layers
+from .lora_hybrid import active_adapter, merged_weight
 
 ADAPTER_DIR = "adapter"
 HEAD = "score"

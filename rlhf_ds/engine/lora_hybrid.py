@@ -23,16 +23,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..models.lora import lora_layers
 from .engines import Engine
-
-
-def lora_layers(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
-    """(name, module) of each peft LoRA layer (duck-typed: `lora_A` and `base_layer`)."""
-    return [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
-
-
-def has_lora(model: torch.nn.Module) -> bool:
-    return any(hasattr(m, "lora_A") and hasattr(m, "base_layer") for m in model.modules())
 
 
 def active_adapter(layer) -> str:

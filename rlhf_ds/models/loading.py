@@ -79,8 +79,7 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, tokenizer=None
                                                  **_attn_kwargs(attn_implementation))
     _align_special_tokens(model, tokenizer)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     return model
 
 
@@ -95,16 +94,32 @@ def load_scalar_model(path: str, dtype: torch.dtype = torch.float32, tokenizer=N
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
         **_attn_kwargs(attn_implementation))
-    # From a causal LM the head is new: the engine re-initialises it from the seed, identically
-    # however many ranks hold it (transformers' own init of a ZeRO-3 partition depends on the rank).
-    model.rlhf_ds_new_head = any(k.split(".")[-2:] == ["score", "weight"] for k in info["missing_keys"])
+    mark_new_score_head(model, info)
     _align_special_tokens(model, tokenizer)
+    check_pad_token(model, path)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def mark_new_score_head(model, loading_info: dict) -> None:
+    """Flag a `score` head that the checkpoint lacked (a scalar model made from a causal LM). The
+    engine re-initialises it from the seed, identically however many ranks hold it (transformers'
+    own init of a ZeRO-3 partition depends on the rank); see ScalarHeadModel.new_parameters."""
+    model.rlhf_ds_new_head = any(k.split(".")[-2:] == ["score", "weight"] for k in loading_info["missing_keys"])
+
+
+def check_pad_token(model, path: str) -> None:
     if model.config.pad_token_id is None:
         raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS (scores of a "
                          f"padded batch would otherwise be read at the wrong token)")
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
+
+
+def enable_gradient_checkpointing(model) -> None:
+    # Non-reentrant (PyTorch's recommended variant): it needs no block input that requires grad,
+    # so adapters behind a frozen embedding get gradients without relying on an input hook.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def is_model_dir(path: Optional[str]) -> bool:

@@ -32,8 +32,8 @@ from typing import Callable, FrozenSet, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .loading import _align_special_tokens, _attn_kwargs, quiet_transformers
-from .positions import last_token_index, positions_from_mask
+from .loading import (_align_special_tokens, _attn_kwargs, check_pad_token, enable_gradient_checkpointing,
+                      mark_new_score_head, quiet_transformers)
 from .quantization import bnb_config, compute_dtype_of, disable_cpu_repack, is_4bit_param
 from .scalar_head import ScalarHeadModel
 
@@ -148,20 +148,25 @@ def check_lora_config(lora: LoRASettings, zero_stage: int, critic_init: str = "r
 
 # ---------------------------------------------------------------------------- adapters
 
-def lora_layers(model: nn.Module) -> List[nn.Module]:
-    """The peft LoRA layers of `model` (duck-typed, so non-LoRA runs never import peft)."""
-    return [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "_disable_adapters")]
+def _is_lora_layer(module: nn.Module) -> bool:
+    # Duck-typed, so runs without adapters never import peft.
+    return hasattr(module, "lora_A") and hasattr(module, "base_layer")
+
+
+def lora_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(name, module) of each peft LoRA layer of `model`."""
+    return [(n, m) for n, m in model.named_modules() if _is_lora_layer(m)]
 
 
 def has_lora(model: nn.Module) -> bool:
-    return any(hasattr(m, "lora_A") and hasattr(m, "_disable_adapters") for m in model.modules())
+    return any(_is_lora_layer(m) for m in model.modules())
 
 
 @contextlib.contextmanager
 def adapters_disabled(model: nn.Module):
     """Run `model` as its base inside the block. Only peft's flag is flipped: `requires_grad` is left
     alone (peft's own `enable_adapters` toggles it, which a DeepSpeed engine must not see)."""
-    layers = lora_layers(model)
+    layers = [m for _, m in lora_layers(model)]
     if not layers:
         raise ValueError("adapters_disabled: the model has no LoRA adapters (is lora.r > 0 for this role?)")
     saved = [m._disable_adapters for m in layers]
@@ -241,9 +246,7 @@ def _from_pretrained(auto_cls, path: str, role: str, lora: LoRASettings, dtype: 
         kwargs.update(dtype=compute, quantization_config=bnb_config(lora.quantization, lora.double_quant, compute),
                       device_map={"": device.index if device.type == "cuda" else device.type})
     model, info = auto_cls.from_pretrained(path, output_loading_info=True, **kwargs)
-    # A scalar head missing from the checkpoint is (re)initialised by the engine from the seed, the
-    # same on any number of ranks (see ScalarHeadModel.new_parameters and loading.load_scalar_model).
-    model.rlhf_ds_new_head = any(k.split(".")[-2:] == ["score", "weight"] for k in info["missing_keys"])
+    mark_new_score_head(model, info)
     if quantize:
         disable_cpu_repack(model)
         if device.type == "cpu":
@@ -270,10 +273,7 @@ def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpoint
             dtype: torch.dtype):
     _align_special_tokens(model, tokenizer)
     if gradient_checkpointing:
-        # Non-reentrant checkpointing: gradients reach the adapters even though the frozen
-        # embedding output does not require grad.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     if lora.applies_to(role):
         model = apply_lora(model, lora, scalar=scalar)
         # peft keeps adapters in fp32 on a bf16 base; DeepSpeed casts them to the training dtype at
@@ -314,8 +314,7 @@ def load_scalar(path: str, role: str, lora: LoRASettings, dtype: torch.dtype = t
     model = _from_pretrained(AutoModelForSequenceClassification, path, role, lora, dtype, quantize, device,
                              attn_implementation, trust_remote_code, num_labels=1)
     model = _finish(model, role, lora, tokenizer, gradient_checkpointing, scalar=True, dtype=dtype)
-    if model.config.pad_token_id is None:
-        raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS")
+    check_pad_token(model, path)
     return model
 
 
@@ -370,12 +369,6 @@ class CriticWithRewardHead(ScalarHeadModel):
         if not as_reward:
             return super().forward(input_ids, attention_mask, num_values=num_values)
         with adapters_disabled(self.model):
-            hidden = self._backbone()(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=positions_from_mask(attention_mask),
-                                      use_cache=False).last_hidden_state
+            hidden = self._hidden(input_ids, attention_mask)
         values = self.reward_head(hidden.to(self.reward_head.weight.dtype)).squeeze(-1).float()
-        rows = torch.arange(values.shape[0], device=values.device)
-        scores = values[rows, last_token_index(attention_mask)]
-        if num_values is not None:
-            values = values[:, -(num_values + 1):-1]
-        return {"values": values, "scores": scores}
+        return self._outputs(values, attention_mask, num_values)

@@ -54,10 +54,18 @@ class ScalarHeadModel(nn.Module):
             the last `num_values` tokens were emitted, what a PPO critic needs),
             scores `(B,)` at each row's last real token.
         """
-        hidden = self._backbone()(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=positions_from_mask(attention_mask),
-                                  use_cache=False).last_hidden_state
-        values = self.model.score(hidden).squeeze(-1).float()   # (B, T)
+        hidden = self._hidden(input_ids, attention_mask)
+        return self._outputs(self.model.score(hidden).squeeze(-1).float(), attention_mask, num_values)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states `(B, T, H)`, positions counted from each row's first real token."""
+        return self._backbone()(input_ids=input_ids, attention_mask=attention_mask,
+                                position_ids=positions_from_mask(attention_mask),
+                                use_cache=False).last_hidden_state
+
+    @staticmethod
+    def _outputs(values: torch.Tensor, attention_mask: torch.Tensor, num_values: Optional[int]):
+        """forward's dict from per-token head outputs `values` `(B, T)`."""
         rows = torch.arange(values.shape[0], device=values.device)
         scores = values[rows, last_token_index(attention_mask)]
         if num_values is not None:
