@@ -67,13 +67,15 @@ def run_mode(mode: str, model_dir: str, reward_dir: str, out: str) -> dict:
 
 def estimated_mib(mode: str) -> float:
     """What rlhf_ds.memory_estimate predicts for the same run (CPU: no CUDA overhead term)."""
+    from rlhf_ds.lora_settings import LoRASettings
     from rlhf_ds.memory_estimate import Architecture, Plan, estimate
 
     arch = Architecture.from_hf_config({**SHAPE, "model_type": "llama", "tie_word_embeddings": False})
-    lora = {"full": {}, "lora": {"lora_r": 16}, "qlora": {"lora_r": 16, "quantization": "nf4"},
-            "qlora_shared": {"lora_r": 16, "quantization": "nf4", "share_critic_reward_backbone": True}}[mode]
+    lora = {"full": {"r": 0}, "lora": {"r": 16}, "qlora": {"r": 16, "quantization": "nf4"},
+            "qlora_shared": {"r": 16, "quantization": "nf4", "share_critic_reward_backbone": True}}[mode]
     plan = Plan(world_size=1, zero_stage=0, precision="fp32", micro_batch=4, max_length=48, prompt_length=24,
-                new_tokens=24, rollout_per_rank=8, lora_apply_to=("actor", "critic"), **lora)
+                new_tokens=24, rollout_per_rank=8,
+                lora=LoRASettings(apply_to=frozenset({"actor", "critic"}), **lora))
     return estimate(arch, plan, "ppo", device_type="cpu").peak / 2**20
 
 

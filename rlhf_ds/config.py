@@ -22,6 +22,7 @@ import yaml
 from .config_schema import (DEMO_PRESET, SECTIONS, TOP_LEVEL, ConfigError, DataConfig, DeepSpeedSection,
                             GenerationConfig, HybridConfig, LoggingConfig, LoRAConfig, ModelConfig, PPOConfig,
                             RewardConfig, RLHFConfig, SFTConfig)
+from .lora_settings import ROLES as LORA_ROLES
 
 __all__ = [  # the schema is part of this module's interface
     "ConfigError", "DEMO_PRESET", "SECTIONS", "TOP_LEVEL", "RLHFConfig", "ModelConfig", "DataConfig", "SFTConfig",
@@ -265,10 +266,9 @@ def validate(cfg: RLHFConfig) -> None:
                           f"generation.max_new_tokens ({cfg.generation.max_new_tokens})")
     if cfg.ppo.dual_clip is not None and cfg.ppo.dual_clip <= 1.0:
         raise ConfigError(f"ppo.dual_clip must be > 1 (or null), got {cfg.ppo.dual_clip}")
-    allowed_targets = ("sft", "reward", "actor", "critic")
     for part in [p.strip() for p in cfg.lora.apply_to.split(",") if p.strip()]:
-        if part not in allowed_targets:
-            raise ConfigError(f"lora.apply_to: {part!r} is not allowed; allowed: {', '.join(allowed_targets)}")
+        if part not in LORA_ROLES:
+            raise ConfigError(f"lora.apply_to: {part!r} is not allowed; allowed: {', '.join(LORA_ROLES)}")
     if cfg.lora.quantization != "none" and cfg.lora.r == 0:
         raise ConfigError("lora.quantization needs LoRA adapters: set lora.r > 0 (a 4-bit base cannot be "
                           "fully fine-tuned)")

@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from .lora_settings import ROLES
 from .memory_estimate import (GiB, Architecture, Estimate, MemoryEstimateError, Plan, estimate,
                               plan_from_config, stage_plan)
 
@@ -94,12 +95,13 @@ def _gib(x: float) -> str:
 
 def format_estimate(est: Estimate, arch: Architecture, plan: Plan, device_bytes: Optional[float] = None,
                     origin: str = "") -> str:
+    lora = plan.lora
     lines = [f"memory estimate, {est.stage.upper()} stage, per rank: {arch.name or arch.model_type} "
              f"({arch.params() / 1e9:.2f}B params{', from ' + origin if origin else ''})",
              f"  ZeRO-{plan.zero_stage}, {plan.world_size} rank(s), {plan.precision}"
-             + (f", LoRA r={plan.lora_r} on {', '.join(plan.lora_apply_to)}" if plan.lora_r else ", full fine-tuning")
-             + (f", {plan.quantization} base{' + double quant' if plan.double_quant else ''}"
-                if plan.quantization != "none" and plan.lora_r else "")
+             + (f", LoRA r={lora.r} on {', '.join(r for r in ROLES if r in lora.apply_to)}" if lora.r else ", full fine-tuning")
+             + (f", {lora.quantization} base{' + double quant' if lora.double_quant else ''}"
+                if lora.quantized else "")
              + (", gradient checkpointing" if plan.gradient_checkpointing else ""),
              f"  {'model':<14}{'component':<18}{'GiB':>8}  note"]
     for i in est.items:

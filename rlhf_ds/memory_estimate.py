@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Tuple, Optional
 
+from .lora_settings import LoRASettings
+
 GiB = 2 ** 30
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 BLOCKSIZE = 64            # bitsandbytes 4-bit block size (transformers' default)
@@ -200,16 +202,7 @@ class Plan:
     rollout_per_rank: int = 1
     gradient_checkpointing: bool = False
     hybrid: bool = True
-    lora_r: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: object = "all-linear"
-    lora_apply_to: Tuple[str, ...] = ()
-    only_optimize_lora: bool = True
-    quantization: str = "none"
-    double_quant: bool = True
-    reference_from_actor: bool = True
-    share_critic_reward_backbone: bool = False
+    lora: LoRASettings = field(default_factory=LoRASettings)   # r=0: full fine-tuning
     reward_micro_batch: int = 1
     ranking_k: int = 2
 
@@ -221,18 +214,6 @@ class Plan:
     def mixed(self) -> bool:
         return self.precision != "fp32"
 
-    def lora_on(self, role: str) -> bool:
-        return self.lora_r > 0 and role in self.lora_apply_to
-
-    def quantized(self, role: str) -> bool:
-        if self.lora_r == 0 or self.quantization == "none":
-            return False
-        if role == "reference":
-            return self.lora_on("actor")
-        if role == "reward_frozen":
-            return self.lora_on("actor") or self.lora_on("critic")
-        return self.lora_on(role)
-
 
 def _model_items(arch: Architecture, plan: Plan, role: str, label: str, head: str, trained: bool) -> List[Item]:
     """Weights, adapters, gradients and optimizer states of one model, per rank."""
@@ -240,23 +221,24 @@ def _model_items(arch: Architecture, plan: Plan, role: str, label: str, head: st
     shard_w = n if plan.zero_stage == 3 else 1
     items = []
     total = arch.params(head)
-    if plan.quantized(role):
+    if plan.lora.quantizes(role):
         q = arch.quantizable_params
-        w = q * bytes_per_4bit_param(plan.double_quant) + (total - q) * b
-        items.append(Item(label, "weights", w / shard_w, f"{plan.quantization} 4-bit base ({q / 1e6:.0f}M params at "
-                                                         f"{bytes_per_4bit_param(plan.double_quant):.4f} B) + "
-                                                         f"{(total - q) / 1e6:.0f}M in {plan.precision}"))
+        per_param = bytes_per_4bit_param(plan.lora.double_quant)
+        w = q * per_param + (total - q) * b
+        items.append(Item(label, "weights", w / shard_w,
+                          f"{plan.lora.quantization} 4-bit base ({q / 1e6:.0f}M params at {per_param:.4f} B) + "
+                          f"{(total - q) / 1e6:.0f}M in {plan.precision}"))
     else:
         items.append(Item(label, "weights", total * b / shard_w, f"{total / 1e6:.0f}M params in {plan.precision}"))
-    adapters = arch.lora_params(plan.lora_r, plan.lora_targets) if plan.lora_on(role) else 0
+    adapters = arch.lora_params(plan.lora.r, plan.lora.target_modules) if plan.lora.applies_to(role) else 0
     if adapters:
-        items.append(Item(label, "adapters", adapters * b / shard_w, f"r={plan.lora_r}: {adapters / 1e6:.1f}M params"))
+        items.append(Item(label, "adapters", adapters * b / shard_w, f"r={plan.lora.r}: {adapters / 1e6:.1f}M params"))
     if not trained:
         return items
-    if plan.lora_on(role):
+    if plan.lora.applies_to(role):
         trainable = adapters + (arch.hidden_size if head == "scalar" else 0)
-        if not plan.only_optimize_lora:
-            trainable += total - (arch.quantizable_params if plan.quantized(role) else 0)
+        if not plan.lora.only_optimize_lora:
+            trainable += total - (arch.quantizable_params if plan.lora.quantizes(role) else 0)
     else:
         trainable = total
     items.append(Item(label, "gradients", trainable * b / (n if plan.zero_stage >= 2 else 1),
@@ -276,10 +258,11 @@ def activation_bytes(arch: Architecture, plan: Plan, role: str, rows: int, seq: 
     h, i = arch.hidden_size, arch.intermediate_size
     kvd = arch.num_kv_heads * arch.head_dim
     per_token_block = 7 * h + 4 * kvd + 4 * i
-    if plan.lora_on(role) and plan.lora_dropout > 0:
+    if plan.lora.applies_to(role) and plan.lora.dropout > 0:
         # peft applies dropout to each adapted layer's input before lora_A: one more copy of it.
         lin = arch.linears()
-        names = list(lin) if plan.lora_targets == "all-linear" else list(plan.lora_targets)
+        targets = plan.lora.target_modules
+        names = list(lin) if targets == "all-linear" else list(targets)
         per_token_block += sum(lin[nm][0] for nm in names if nm in lin)
     tokens = rows * seq
     if plan.gradient_checkpointing:
@@ -317,13 +300,11 @@ def estimate(arch: Architecture, plan: Plan, stage: str = "ppo", device_type: st
     # PPO
     est.items += _model_items(arch, plan, "actor", "actor", "lm", trained=True)
     est.items += _model_items(arch, plan, "critic", "critic", "scalar", trained=True)
-    ref_free = plan.reference_from_actor and plan.lora_on("actor") and plan.only_optimize_lora
-    reward_free = plan.share_critic_reward_backbone and plan.lora_on("critic") and plan.only_optimize_lora
-    if ref_free:
+    if plan.lora.reference_is_actor:
         est.notes.append("reference: the actor with adapters disabled (no memory)")
     else:
         est.items += _model_items(arch, plan, "reference", "reference", "lm", trained=False)
-    if reward_free:
+    if plan.lora.reward_is_critic:
         est.notes.append("reward: the critic's backbone with adapters disabled (only its head, negligible)")
     else:
         est.items += _model_items(arch, plan, "reward_frozen", "reward", "scalar", trained=False)
@@ -351,8 +332,7 @@ def plan_from_config(cfg, ds_config: Dict, world_size: int = 1, device_type: str
     zero = ds_config.get("zero_optimization", {})
     if precision is None:
         precision = cfg.model.dtype if cfg.model.dtype != "auto" else ("bf16" if device_type == "cuda" else "fp32")
-    p, lora = cfg.ppo, cfg.lora
-    targets = lora.target_modules.strip()
+    p = cfg.ppo
     return Plan(
         world_size=world_size, zero_stage=int(zero.get("stage", 0)),
         offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") not in (None, "none"),
@@ -361,13 +341,7 @@ def plan_from_config(cfg, ds_config: Dict, world_size: int = 1, device_type: str
         max_length=cfg.data.max_length, prompt_length=cfg.data.max_prompt_length,
         new_tokens=cfg.generation.max_new_tokens, rollout_per_rank=max(1, p.rollout_batch_size // world_size),
         gradient_checkpointing=cfg.model.gradient_checkpointing, hybrid=cfg.hybrid.enabled,
-        lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        lora_targets="all-linear" if targets in ("", "all-linear") else
-        tuple(t.strip() for t in targets.split(",") if t.strip()),
-        lora_apply_to=tuple(a.strip() for a in lora.apply_to.split(",") if a.strip()),
-        only_optimize_lora=lora.only_optimize_lora, quantization=lora.quantization, double_quant=lora.double_quant,
-        reference_from_actor=lora.reference_from_actor,
-        share_critic_reward_backbone=lora.share_critic_reward_backbone,
+        lora=LoRASettings.from_config(cfg.lora),
         reward_micro_batch=(cfg.reward.micro_batch_size or max(1, cfg.reward.batch_size // world_size)),
     )
 

@@ -1,5 +1,6 @@
 """The memory estimate: parameter counts against real models, byte counts against hand-computed values
 and a real 4-bit model, the CLI on the 7B example, and the pipeline's refusal."""
+import dataclasses
 import logging
 import os
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from rlhf_ds.config import load_config
+from rlhf_ds.lora_settings import LoRASettings
 from rlhf_ds.memory import OutOfMemoryRefusal, check_before_run, find_architecture, main
 from rlhf_ds.memory_estimate import GiB, Architecture, Plan, bytes_per_4bit_param, estimate, kv_cache_bytes
 
@@ -84,7 +86,8 @@ def test_estimate_by_hand_for_a_small_config():
     assert estimate(arch, z3, "ppo").phases["generation"][1].nbytes == p * 2
 
     # QLoRA: 4-bit bases, adapters trained, reference from the actor (no item), reward 4-bit.
-    q = Plan(**{**full.__dict__, "lora_r": 4, "lora_apply_to": ("actor", "critic"), "quantization": "nf4"})
+    q = Plan(**{**full.__dict__, "lora": LoRASettings(r=4, apply_to=frozenset({"actor", "critic"}),
+                                                      quantization="nf4")})
     est_q = estimate(arch, q, "ppo")
     byq = {(i.model, i.component): i.nbytes for i in est_q.items}
     four = arch.quantizable_params * bytes_per_4bit_param(True)
@@ -92,7 +95,7 @@ def test_estimate_by_hand_for_a_small_config():
     assert byq[("actor", "optimizer states")] == arch.lora_params(4, "all-linear") * 12
     assert byq[("critic", "optimizer states")] == (arch.lora_params(4, "all-linear") + 64) * 12   # + value head
     assert ("reference", "weights") not in byq and ("reward", "weights") in byq
-    shared = Plan(**{**q.__dict__, "share_critic_reward_backbone": True})
+    shared = Plan(**{**q.__dict__, "lora": dataclasses.replace(q.lora, share_critic_reward_backbone=True)})
     assert ("reward", "weights") not in {(i.model, i.component) for i in estimate(arch, shared, "ppo").items}
 
 
