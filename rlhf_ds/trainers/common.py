@@ -56,16 +56,20 @@ class ShardedSampler:
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
         self.batch = 0
+        self._epoch_order = (-1, None)   # (epoch, its permutation): drawn once per epoch, not per step
 
     @property
     def batches_per_epoch(self) -> int:
         return self.size // self.global_batch
 
     def _order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.size)
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.size, generator=g)
+        if self._epoch_order[0] != epoch:
+            if self.shuffle:
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            else:
+                order = torch.arange(self.size)
+            self._epoch_order = (epoch, order)
+        return self._epoch_order[1]
 
     def next_indices(self) -> List[int]:
         """This rank's indices of the next global batch (wrapping into the next epoch)."""
