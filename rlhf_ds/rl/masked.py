@@ -78,6 +78,11 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
         check reads the count on the host (one sync), acceptable for a statistic
         taken once per batch.
     """
+    return _masked_mean_var(x, mask, unbiased)[1]
+
+
+def _masked_mean_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool):
+    """(mean, variance) over the masked entries, as masked_mean and masked_var define them."""
     check_same_shape(x=x, mask=mask)
     n = _masked_count(mask)
     needed = 2 if unbiased else 1
@@ -86,7 +91,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
                          f"(unbiased={unbiased}), got {n}")
     mean = masked_mean(x, mask)
     deviation = x.to(mean.dtype) - mean
-    return masked_sum(deviation.square(), mask) / (n - 1 if unbiased else n)
+    return mean, masked_sum(deviation.square(), mask) / (n - 1 if unbiased else n)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
@@ -107,8 +112,7 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     Returns:
         Same shape as `x`, fp32 (fp64 if `x` is fp64); exactly 0 where `mask` is 0.
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    mean, var = _masked_mean_var(x, mask, unbiased=True)
     whitened = (x.to(mean.dtype) - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
