@@ -9,8 +9,8 @@ import subprocess
 import sys
 from typing import List, Optional
 
-# Left in os.environ by in-process tests' init_distributed; a launched run must not inherit them.
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .conftest import clean_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -32,10 +32,8 @@ def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 6
     The launcher runs in its own session so that a timeout kills its ranks too: killing only the
     launcher would leave them running, holding cores and memory for every later test.
     """
-    full_env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
     cmd = deepspeed_cmd(script, args, ranks)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from .conftest import TINY, read_jsonl, strip_times
-from .launcher import DIST_VARS, REPO, deepspeed_cmd, run_deepspeed
+from .conftest import TINY, clean_env, read_jsonl, strip_times
+from .launcher import REPO, deepspeed_cmd, run_deepspeed
 
 pytestmark = pytest.mark.multirank
 PPO = os.path.join(REPO, "launch", "train_ppo.py")
@@ -99,8 +99,7 @@ def test_resume_after_a_crash_continues_exactly(pipeline_run, tmp_path):
     run_deepspeed(PPO, _ppo_args(straight, src, []), ranks=2, timeout=900)
 
     # Same run, killed without warning once the iteration-2 checkpoint is complete.
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    proc = subprocess.Popen(deepspeed_cmd(PPO, _ppo_args(crashed, src, []), 2), cwd=REPO, env=env,
+    proc = subprocess.Popen(deepspeed_cmd(PPO, _ppo_args(crashed, src, []), 2), cwd=REPO, env=clean_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = os.path.join(crashed, "checkpoints", "ppo", "latest")
     deadline = time.time() + 600

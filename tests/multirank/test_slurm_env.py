@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from .launcher import DIST_VARS, REPO, free_port
+from .conftest import clean_env
+from .launcher import REPO, free_port
 
 pytestmark = pytest.mark.multirank
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "slurm_env_allreduce.py")
@@ -14,11 +15,10 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "slurm_env_allreduce
 
 def test_ranks_from_slurm_variables(tmp_path):
     out = str(tmp_path / "r.json")
-    base = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, SCRIPT, out], cwd=REPO, env={
-        **base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r), "SLURM_NTASKS": "2", "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": port}) for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, SCRIPT, out], cwd=REPO, env=clean_env(
+        SLURM_PROCID=str(r), SLURM_LOCALID=str(r), SLURM_NTASKS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+        for r in range(2)]
     try:
         assert [p.wait(timeout=180) for p in procs] == [0, 0]
     finally:
