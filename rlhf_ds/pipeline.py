@@ -20,6 +20,7 @@ from .engine import (barrier, init_distributed, load_ds_config, read_metadata, r
                      zero_stage)
 from .files import write_text_atomic
 from .logging import MetricsLogger, get_logger, write_plots
+from .lora_settings import LoRAConfigError, LoRASettings, check_lora_config
 from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
 from .trainers.common import RunContext
 
@@ -101,7 +102,6 @@ class RLHFPipeline:
         """Before any engine of `stages` is built: refuse LoRA/QLoRA combinations that cannot work, log the
         memory estimate, and on a GPU refuse a run whose estimate exceeds the device (rlhf_ds/memory.py)."""
         from .memory import check_before_run
-        from .models.lora import LoRAConfigError, LoRASettings, check_lora_config
 
         done = self.__dict__.setdefault("_preflight_done", set())
         todo = [s for s in stages if s not in done]

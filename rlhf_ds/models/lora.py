@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..lora_settings import LoRAConfigError, LoRASettings, check_lora_config  # noqa: F401 (re-exported)
+from ..lora_settings import LoRAConfigError, LoRASettings, check_lora_config
 from .loading import (_align_special_tokens, _attn_kwargs, check_pad_token, enable_gradient_checkpointing,
                       mark_new_score_head, quiet_transformers)
 from .quantization import bnb_config, compute_dtype_of, disable_cpu_repack, is_4bit_param

@@ -17,8 +17,9 @@ from typing import Optional
 
 import torch
 
+from ..lora_settings import LoRASettings, check_lora_config
 from ..models.loading import load_causal_lm, load_scalar_model
-from ..models.lora import CriticWithRewardHead, LoRASettings, check_lora_config, load_lm, load_scalar, read_head
+from ..models.lora import CriticWithRewardHead, load_lm, load_scalar, read_head
 from ..models.scalar_head import ScalarHeadModel
 
 

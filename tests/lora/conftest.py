@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_ds.engine import build_train_engine, init_distributed
-from rlhf_ds.models.lora import LoRASettings
+from rlhf_ds.lora_settings import LoRASettings
 
 ZERO = {s: {"zero_optimization": {"stage": s}} for s in (0, 1, 2, 3)}
 

@@ -9,8 +9,8 @@ from rlhf_ds.engine import (GenerationSettings, HybridEngine, build_inference_en
                             hf_generate)
 from rlhf_ds.engine.lora_hybrid import merged_lora_copy
 from rlhf_ds.engine.quantized import QuantizedStageError, dequantize_param, is_4bit_param, pinned_device
-from rlhf_ds.models.lora import (CriticWithRewardHead, LoRAConfigError, adapters_disabled, check_lora_config,
-                                 load_lm, load_scalar, read_head)
+from rlhf_ds.lora_settings import LoRAConfigError, check_lora_config
+from rlhf_ds.models.lora import CriticWithRewardHead, adapters_disabled, load_lm, load_scalar, read_head
 from rlhf_ds.models.loading import load_tokenizer
 from rlhf_ds.models.policy import PolicyModel
 from rlhf_ds.models.scalar_head import ScalarHeadModel

@@ -38,7 +38,7 @@ def test_lora_and_4bit_counts_match_a_real_model(base_dir):
     double quantised) against the formulas."""
     import json
 
-    from rlhf_ds.models.lora import LoRASettings, load_lm
+    from rlhf_ds.models.lora import load_lm
     from rlhf_ds.models.quantization import quantized_nbytes
 
     arch = Architecture.from_hf_config(json.load(open(os.path.join(base_dir, "config.json"))))
