@@ -99,7 +99,8 @@ def format_estimate(est: Estimate, arch: Architecture, plan: Plan, device_bytes:
     lines = [f"memory estimate, {est.stage.upper()} stage, per rank: {arch.name or arch.model_type} "
              f"({arch.params() / 1e9:.2f}B params{', from ' + origin if origin else ''})",
              f"  ZeRO-{plan.zero_stage}, {plan.world_size} rank(s), {plan.precision}"
-             + (f", LoRA r={lora.r} on {', '.join(r for r in ROLES if r in lora.apply_to)}" if lora.r else ", full fine-tuning")
+             + (f", LoRA r={lora.r} on {', '.join(r for r in ROLES if r in lora.apply_to)}" if lora.r
+                else ", full fine-tuning")
              + (f", {lora.quantization} base{' + double quant' if lora.double_quant else ''}"
                 if lora.quantized else "")
              + (", gradient checkpointing" if plan.gradient_checkpointing else ""),

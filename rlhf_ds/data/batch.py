@@ -83,7 +83,6 @@ def pad_right(t: torch.Tensor, length: int, value) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, extra), value=value)
 
 
-
 # ------------------------------------------------------------------ data batches
 # Built by `rlhf_ds.data.collate`. Token masks are aligned with `input_ids` (not
 # shifted): a model's logits at t-1 score the token at t, so losses shift by one.

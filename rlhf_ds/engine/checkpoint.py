@@ -54,7 +54,6 @@ def set_rng_state(state: Dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-
 class CheckpointManager:
     def __init__(self, root: str, keep: int = 2):
         self.root = root

@@ -118,4 +118,3 @@ def offloads_optimizer(cfg: Dict[str, Any]) -> bool:
 
 def dtype_of(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-

@@ -19,9 +19,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
+from ..models.quantization import is_quantized
 from . import distributed as D
 from .ds_config import dtype_of, inference_config, offloads_optimizer, training_config, zero_stage
-from ..models.quantization import is_quantized
 from .quantized import check_stage, full_precision_cpu, pinned_device
 
 

@@ -27,10 +27,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..models.lora import lora_layers
 from ..models.quantization import is_quantized
 from . import distributed as D
 from .engines import Engine
-from ..models.lora import lora_layers
 from .lora_hybrid import active_adapter, merged_weight
 
 ADAPTER_DIR = "adapter"

@@ -153,4 +153,3 @@ def resume_state(ctx: RunContext, ckpt, engines: Dict[str, object], stage: str, 
     ctx.metrics.truncate_after(stage, state[position_key])
     ctx.log.info(f"{stage}: resumed at {position_key} {state[position_key]} from {state['_tag']}")
     return state
-

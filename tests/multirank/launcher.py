@@ -33,8 +33,8 @@ def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 6
     launcher would leave them running, holding cores and memory for every later test.
     """
     cmd = deepspeed_cmd(script, args, ranks)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(**(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -43,5 +43,6 @@ def run_deepspeed(script: str, args: List[str], ranks: int = 2, timeout: int = 6
         raise AssertionError(f"deepspeed {script} {' '.join(args)} still running after {timeout} s; killed:\n"
                              f"{(out + err)[-6000:]}") from None
     if proc.returncode != 0:
-        raise AssertionError(f"deepspeed {script} {' '.join(args)} exited {proc.returncode}:\n{(out + err)[-6000:]}")
+        raise AssertionError(f"deepspeed {script} {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{(out + err)[-6000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
