@@ -9,6 +9,7 @@ interpreter a bf16 store truncates (numpy has no bf16; the GPU rounds to nearest
 interpreted bf16 gradients are allowed 2u.
 """
 import math
+import zlib
 
 import pytest
 import torch
@@ -87,7 +88,8 @@ def _ours(backend, entropy):
 @pytest.mark.parametrize("lead,V,layout", CASES)
 @pytest.mark.parametrize("temperature,entropy", [(1.0, False), (0.7, True)])
 def test_fp32_matches_twin(backend, lead, V, layout, temperature, entropy, small_chunks):
-    gen = torch.Generator().manual_seed(hash((lead, V, layout)) % 2**31)
+    # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED), and so did the data.
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((lead, V, layout)).encode()))
     logits = _make_logits(lead, V, layout, torch.float32, gen)
     labels = _make_labels(lead, V, gen)
     g_lp, g_ent = torch.randn(lead, generator=gen), torch.randn(lead, generator=gen)
