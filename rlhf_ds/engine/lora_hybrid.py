@@ -25,6 +25,7 @@ import torch
 
 from ..models.lora import lora_layers
 from .engines import Engine
+from .generation_copy import empty_copy
 
 
 def active_adapter(layer) -> str:
@@ -85,8 +86,6 @@ def merged_lora_copy(engine: Engine, plain=None, bucket_mb: float = 0.0):
     as it is (a model without adapters is copied whole). Names are matched with
     `remove_duplicate=False` so tied weights are filled under both names; buffers (rotary tables,
     never partitioned) are copied directly. The HybridEngine's default merge_fn."""
-    from .hybrid import empty_copy
-
     hf_model = engine.module.lm
     if plain is None:
         plain = empty_copy(hf_model, engine.device)
