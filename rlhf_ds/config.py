@@ -45,6 +45,8 @@ def _unknown_key_error(where: str, key: str, allowed: Iterable[str]) -> ConfigEr
 
 def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list of mappings"
     if origin is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{_type_name(args[0])} or null"
@@ -59,6 +61,8 @@ def _coerce(value: Any, tp, key: str, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
             return None
         return _coerce(value, inner, key, where)
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        return _coerce_items(value, typing.get_args(tp)[0], key, where)
     bad = ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
@@ -102,6 +106,41 @@ def _coerce(value: Any, tp, key: str, where: str) -> Any:
             return str(value)
         raise bad
     raise ConfigError(f"{where}{key}: unsupported field type {tp}")
+
+
+def _coerce_items(value: Any, item_cls, key: str, where: str) -> List[Any]:
+    """A list of small sections (e.g. rewards.sources), each checked like a section: unknown keys and
+    bad values name `key[i].field`. On the command line the list is written in YAML or JSON."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}{key}: cannot parse {value!r} as a YAML/JSON list: "
+                              f"{getattr(e, 'problem', e)}") from None
+    allowed = _allowed_keys(item_cls)
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}{key}: expected a list of mappings with keys {', '.join(allowed)}; got {value!r}")
+    hints = typing.get_type_hints(item_cls)
+    items = []
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if dataclasses.is_dataclass(item):
+            item = dataclasses.asdict(item)
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}{item_key}: expected a mapping with keys {', '.join(allowed)}; got {item!r}")
+        values = {}
+        for k, v in item.items():
+            if k not in hints:
+                raise _unknown_key_error(where, f"{item_key}.{k}", allowed)
+            values[k] = _coerce(v, hints[k], f"{item_key}.{k}", where)
+        for f in dataclasses.fields(item_cls):
+            if f.name in values:
+                _check_bounds(values[f.name], f.metadata, f"{item_key}.{f.name}", where)
+        try:
+            items.append(item_cls(**values))
+        except ConfigError as e:           # the item's own cross-key check
+            raise ConfigError(f"{where}{item_key}: {e}") from None
+    return items
 
 
 def _check_bounds(value: Any, meta: Dict[str, Any], key: str, where: str) -> None:
@@ -244,7 +283,11 @@ def build_config(file: Optional[str] = None, overrides: Optional[Dict[str, Any]]
                 where = ""
             value = values.get(f.name, getattr(cls(), f.name))
             _check_bounds(value, f.metadata, f"{name}.{f.name}", where)
-        kwargs[name] = cls(**values)
+        try:
+            kwargs[name] = cls(**values)
+        except ConfigError as e:           # the section's own cross-key check; its message starts with the key
+            where = next(iter(merged.get(name, {}).values()), (None, ""))[1]
+            raise ConfigError(f"{where}{name}.{e}") from None
     cfg = RLHFConfig(**kwargs)
     validate(cfg)
     return cfg
@@ -301,6 +344,13 @@ def describe() -> str:
             allowed = f"  one of: {', '.join(choices)}" if choices else ""
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"--{name}.{f.name}  (default {default!r})  {f.metadata.get('help', '')}{allowed}")
+            item = typing.get_args(typing.get_type_hints(cls)[f.name])
+            if item and dataclasses.is_dataclass(item[0]):          # a list of small sections: its keys
+                for g in dataclasses.fields(item[0]):
+                    choices = g.metadata.get("choices")
+                    allowed = f"  one of: {', '.join(choices)}" if choices else ""
+                    lines.append(f"    {f.name}[].{g.name}  (default {g.default!r})  {g.metadata.get('help', '')}"
+                                 f"{allowed}")
     return "\n".join(lines)
 
 

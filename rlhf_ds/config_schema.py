@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .files import write_text_atomic
 
@@ -196,6 +197,67 @@ class LoggingConfig:
     plots: bool = _f(True, "write PNG curves under save_dir/plots at the end")
 
 
+REWARD_SOURCE_TYPES = ("model", "function", "http")
+_HTTP_ONLY = ("url", "timeout_s", "retries", "backoff_s", "max_in_flight", "chunk_size")
+
+
+@dataclass
+class RewardSourceConfig:
+    """One reward source (an item of rewards.sources); see rlhf_ds/rewards/."""
+    type: Optional[str] = _f(None, "where the reward comes from: the trained reward model, a Python function, "
+                             "an HTTP endpoint", choices=REWARD_SOURCE_TYPES)
+    weight: float = _f(1.0, "the source's weight in the summed reward")
+    name: Optional[str] = _f(None, "label in the logs (reward/<name>); default: model, the function's name, http")
+    function: Optional[str] = _f(None, "type function: package.module:function or path/to/file.py:function, "
+                                 "called as fn(prompts, completions, **columns) -> list of float or None")
+    url: Optional[str] = _f(None, "type http: the endpoint that gets POST {prompts, completions, columns...}")
+    timeout_s: float = _f(30.0, "type http: seconds to wait for one answer", min=0.001)
+    retries: int = _f(3, "type http: attempts after the first for a timeout, a refused connection, 408, 429, 5xx",
+                      min=0)
+    backoff_s: float = _f(0.5, "type http: wait before the first retry, doubled for each next one", min=0.0)
+    max_in_flight: int = _f(4, "type http: requests open at once (a batch is sent in chunks)", min=1)
+    chunk_size: int = _f(64, "type http: completions per request", min=1)
+
+    def __post_init__(self):
+        # Keys that belong to another type are errors, not silently unused settings.
+        if self.type is None:
+            raise ConfigError(f"'type' is required; allowed: {', '.join(REWARD_SOURCE_TYPES)}")
+        if self.type == "function" and not self.function:
+            raise ConfigError("type function needs 'function': package.module:function or path/to/file.py:function")
+        if self.type == "http" and not self.url:
+            raise ConfigError("type http needs 'url'")
+        if self.type != "function" and self.function is not None:
+            raise ConfigError(f"'function' is for type function, not {self.type}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.type != "http":
+            for key in _HTTP_ONLY:
+                if getattr(self, key) != defaults[key]:
+                    raise ConfigError(f"{key!r} is for type http, not {self.type}")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ConfigError(f"'name' {self.name!r} may hold only letters, digits, '_', '.' and '-' (it names a "
+                              "metric)")
+
+    def label(self) -> str:
+        """The name the source is logged under: `name`, else the type (the function's name for functions)."""
+        return self.name or (self.function.rpartition(":")[2] if self.type == "function" else self.type)
+
+
+@dataclass
+class RewardsConfig:
+    sources: List[RewardSourceConfig] = field(
+        default_factory=lambda: [RewardSourceConfig(type="model")],
+        metadata={"help": "the reward: a weighted sum of sources, a list of mappings such as "
+                  "[{type: model, weight: 1}, {type: function, function: my_rewards.py:score, weight: 0.5}, "
+                  "{type: http, url: 'http://host:8000/score'}]", "choices": None, "min": None, "max": None})
+
+    def __post_init__(self):
+        names = [s.label() for s in self.sources]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ConfigError(f"sources[{i}] is logged as {n!r}, as is sources[{names.index(n)}]; give one of "
+                                  "them a 'name'")
+
+
 @dataclass
 class RLHFConfig:
     save_dir: str = _f("outputs/demo", "where models, checkpoints, logs and plots go")
@@ -212,6 +274,7 @@ class RLHFConfig:
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
