@@ -17,6 +17,7 @@ from ..files import replace_dir
 from ..models.lora import has_lora
 from . import distributed as D
 from .engines import Engine
+from .lora_export import prepare_lora_export
 
 
 def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -29,18 +30,22 @@ def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, m
     A model with LoRA adapters is exported merged, with the adapter alone under `out_dir/adapter/`
     (see lora_export.py).
     """
-    if has_lora(getattr(engine.module, attr)):
-        from .lora_export import export_lora
-        return export_lora(engine, attr, out_dir, tokenizer, metadata)
     state = engine.full_state_dict()
     if D.get_info().is_main:
         hf_model = getattr(engine.module, attr)
         state = strip_prefix(state, f"{attr}.")
-        write_model_dir(out_dir, lambda staging: hf_model.save_pretrained(staging, state_dict=state,
-                                                                          safe_serialization=True),
-                        tokenizer, metadata)
+        if has_lora(hf_model):
+            save_weights, metadata = prepare_lora_export(state, hf_model, metadata)
+        else:
+            save_weights = _save_pretrained(hf_model, state)
+        del state
+        write_model_dir(out_dir, save_weights, tokenizer, metadata)
     D.barrier()
     return out_dir
+
+
+def _save_pretrained(hf_model, state: Dict[str, torch.Tensor]) -> Callable[[str], None]:
+    return lambda staging: hf_model.save_pretrained(staging, state_dict=state, safe_serialization=True)
 
 
 def write_model_dir(out_dir: str, save_weights: Callable[[str], None], tokenizer=None,

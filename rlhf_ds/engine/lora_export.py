@@ -16,21 +16,19 @@ trained QLoRA model exactly; on a full-precision base it gives the merged export
 A scalar model (reward, critic) trains its `score` head with its adapters; the adapter
 directory lists it in `modules_to_save`, so peft restores the head too.
 
-Collective like `export_pretrained` (all ranks call it; rank 0 writes); written to
-`<out_dir>.partial` and renamed, so a crash never leaves a half-written directory.
+Called by `export.export_pretrained` on rank 0 with the gathered state; that module gathers and
+writes the directory (this one never imports it).
 """
 from __future__ import annotations
 
 import copy
 import os
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..models.lora import lora_layers
 from ..models.quantization import is_quantized
-from . import distributed as D
-from .engines import Engine
 from .lora_hybrid import active_adapter, merged_weight
 
 ADAPTER_DIR = "adapter"
@@ -115,27 +113,21 @@ def save_adapter(path: str, hf_model, adapter: Dict[str, torch.Tensor]) -> None:
     save_file(adapter, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def export_lora(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None) -> str:
-    """Write the merged model to `out_dir` and the adapter to `out_dir/adapter/`. Collective."""
-    from .export import strip_prefix, write_model_dir
+def prepare_lora_export(state: Dict[str, torch.Tensor], hf_model, metadata: Optional[Dict] = None
+                        ) -> Tuple[Callable[[str], None], Optional[Dict]]:
+    """(the function that writes the merged model and the adapter into a staging directory; `metadata`
+    with its `lora` entry). `state`: the gathered state dict, names relative to `hf_model`. Rank 0 only."""
+    merged, adapter = split_and_merge(state, hf_model)
+    model = plain_model(hf_model, merged)
+    if metadata is not None:
+        layer = lora_layers(hf_model)[0][1]
+        a = active_adapter(layer)
+        metadata = {**metadata, "lora": {"r": layer.r[a], "alpha": layer.lora_alpha[a], "adapter": ADAPTER_DIR,
+                                         "merged_into": "dequantised 4-bit base" if is_quantized(hf_model)
+                                         else "base"}}
 
-    state = engine.full_state_dict()         # 4-bit weights arrive dequantised
-    if D.get_info().is_main:
-        hf_model = getattr(engine.module, attr)
-        merged, adapter = split_and_merge(strip_prefix(state, f"{attr}."), hf_model)
-        del state
-        model = plain_model(hf_model, merged)
-        if metadata is not None:
-            layer = lora_layers(hf_model)[0][1]
-            a = active_adapter(layer)
-            metadata = {**metadata, "lora": {"r": layer.r[a], "alpha": layer.lora_alpha[a], "adapter": ADAPTER_DIR,
-                                             "merged_into": "dequantised 4-bit base" if is_quantized(hf_model)
-                                             else "base"}}
+    def save_weights(staging: str) -> None:
+        model.save_pretrained(staging, safe_serialization=True)
+        save_adapter(os.path.join(staging, ADAPTER_DIR), hf_model, adapter)
 
-        def save_weights(staging: str) -> None:
-            model.save_pretrained(staging, safe_serialization=True)
-            save_adapter(os.path.join(staging, ADAPTER_DIR), hf_model, adapter)
-
-        write_model_dir(out_dir, save_weights, tokenizer, metadata)
-    D.barrier()
-    return out_dir
+    return save_weights, metadata
