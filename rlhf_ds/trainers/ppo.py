@@ -42,6 +42,7 @@ from .lora_setup import ReferenceFromActor, RewardFromCritic, causal_lm, check_p
 from .ops import token_ops
 from .ppo_experience import Experience, generate_rollout, global_whiten, score_rollout
 from .ppo_update import UpdateSettings, ppo_update
+from .rl_engines import no_dropout
 from .sft import sft_token_loss
 
 
@@ -184,9 +185,9 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
     def scalar(path, role):
         return lambda: ScalarHeadModel(scalar_lm(ctx, path, role))
 
-    actor = train_engine("actor", policy, p.policy_lr)
-    critic = train_engine("critic", lambda: critic_model(ctx, critic_path, reward_path, mc.gradient_checkpointing),
-                          p.value_lr)
+    actor = train_engine("actor", no_dropout(policy), p.policy_lr)
+    critic = train_engine("critic", no_dropout(lambda: critic_model(ctx, critic_path, reward_path,
+                                                                    mc.gradient_checkpointing)), p.value_lr)
     inference = dict(micro_batch_size=mb_plan.micro, precision=ctx.precision,
                      offload_params=cfg.deepspeed.offload_inference)
     # With LoRA on a frozen base the reference (and optionally the reward) come from the trained engines.
