@@ -93,7 +93,8 @@ class RewardConfig:
     eval_path: Optional[str] = _f(None, "held-out data; default: eval_fraction of data_path")
     loss: str = _f("auto", "ranking loss: pairwise Bradley-Terry, K-wise over all pairs, or by data",
                    choices=("auto", "pairwise", "kwise"))
-    margin: float = _f(0.0, "extra margin in the pairwise loss (added to a record's own margin)")
+    margin: float = _f(0.0, "extra margin in the ranking loss, added to a record's own margin (in a K-wise "
+                       "group, to each of its ordered pairs)")
     freeze_reward_backbone: bool = _f(False, "train only the scalar head (and LoRA adapters if any)")
     epochs: float = _f(1.0, "passes over the training data", min=0.0)
     max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)

@@ -9,6 +9,11 @@ Sources:
 - Touvron et al. 2023, "Llama 2", eq. 2: the pairwise loss with a margin,
   -log sigmoid(r_chosen - r_rejected - m(r)), m larger for clearer preferences.
 
+A margin in a group of K > 2 (InstructGPT eq. 1 with Llama 2's margin in each term): the group's
+margin m_b applies to every ordered pair of the group,
+  loss_b = 1/P_b * sum_{i better than j} -log sigmoid(s_i - s_j - m_b),
+so a pair (K = 2, or a pair padded to K > 2 in a mixed batch) gets exactly the pairwise loss.
+
 Groups (K-wise): `scores (B, K)` with `ranks (B, K)`, rank 0 best, lower is better.
 An entry is missing where its rank is negative (-1) or where `mask` is 0, so rows
 may hold different K. Equal ranks are a tie: the pair carries no preference and is
@@ -86,11 +91,13 @@ def _preference_pairs(ranks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def kwise_ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional[torch.Tensor] = None,
                        num_groups: Optional[Count] = None,
+                       margin: Optional[Union[float, torch.Tensor]] = None,
                        ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """InstructGPT's K-wise loss (Ouyang et al. 2022, eq. 1): one prompt = one unit.
 
-    Per group b: `loss_b = 1/P_b * sum_{i better than j} -log sigmoid(s_i - s_j)` with
-    P_b its number of ordered pairs (C(K_b, 2) when there is no tie). Then
+    Per group b: `loss_b = 1/P_b * sum_{i better than j} -log sigmoid(s_i - s_j - m_b)`
+    with P_b its number of ordered pairs (C(K_b, 2) when there is no tie) and m_b the
+    group's margin (Llama 2, eq. 2, in every pair; 0 without one). Then
     `loss = sum_b loss_b / num_groups`. Groups with no ordered pair (K_b < 2, or all
     tied) contribute 0 and are not counted by the default `num_groups`.
 
@@ -100,6 +107,7 @@ def kwise_ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional
         mask: optional `(B, K)`, 0 = missing (combined with the rank test).
         num_groups: global count of groups with at least one pair over the optimizer
             step; default: those of this call.
+        margin: None, a number, or `(B,)` per-group margins.
 
     Returns:
         (loss, stats): `loss` 0-d fp32. `stats` detached: `accuracy` (share of all
@@ -112,7 +120,11 @@ def kwise_ranking_loss(scores: torch.Tensor, ranks: torch.Tensor, mask: Optional
     s = torch.where(valid, scores.float(), 0.0)
     pairs = _preference_pairs(ranks, valid)
     diff = s[:, :, None] - s[:, None, :]
-    per_pair = torch.where(pairs, -F.logsigmoid(diff), 0.0)
+    m = torch.as_tensor(0.0 if margin is None else margin, dtype=diff.dtype, device=diff.device).detach()
+    if m.dim() > 0:
+        check_same_shape(group_scores=scores[:, 0], margin=m)
+        m = m[:, None, None]                                    # the group's margin in each of its pairs
+    per_pair = torch.where(pairs, -F.logsigmoid(diff - m), 0.0)
     pairs_per_group = pairs.sum(dim=(1, 2))
     per_group = per_pair.sum(dim=(1, 2)) / pairs_per_group.clamp(min=1)
     has_pairs = pairs_per_group > 0

@@ -36,16 +36,18 @@ def group_scores(engine, batch) -> torch.Tensor:
 
 
 def ranking_loss(scores: torch.Tensor, batch, loss_kind: str, margin: float, num_groups) -> tuple:
-    """Pairwise loss for complete pairs (K = 2), K-wise otherwise (or when asked)."""
+    """Pairwise loss for complete pairs (K = 2), K-wise otherwise (or when asked). Each record's margin
+    (0 without one) plus `margin` applies to its pair, or to every ordered pair of its group when the
+    K-wise loss runs (rl/ranking.py), so pairs keep their margins in a batch mixed with rankings."""
+    margins = (batch.margins if batch.margins is not None else torch.zeros_like(scores[:, 0].float())) + margin
     complete_pairs = scores.shape[1] == 2 and bool((batch.ranks >= 0).all()) and \
         bool((batch.ranks[:, 0] < batch.ranks[:, 1]).all())
     if loss_kind == "pairwise" or (loss_kind == "auto" and complete_pairs):
         if not complete_pairs:
             raise ValueError("reward.loss=pairwise needs pairs with the chosen response ranked first; this batch "
                              "holds rankings (use reward.loss=kwise or auto)")
-        margins = batch.margins if batch.margins is not None else torch.zeros_like(scores[:, 0])
-        return pairwise_ranking_loss(scores[:, 0], scores[:, 1], margin=margins + margin, num_pairs=num_groups)
-    return kwise_ranking_loss(scores, batch.ranks, num_groups=num_groups)
+        return pairwise_ranking_loss(scores[:, 0], scores[:, 1], margin=margins, num_pairs=num_groups)
+    return kwise_ranking_loss(scores, batch.ranks, num_groups=num_groups, margin=margins)
 
 
 @torch.no_grad()
