@@ -65,12 +65,13 @@ def _pipeline(argv: List[str], prog: str):
 
 
 def _user_errors():
-    """Errors that are the user's to fix (config, data, memory, missing models): printed as one line,
-    exit status 2, no traceback."""
+    """Errors that are the user's to fix (config, data, memory, missing models, a reward function or
+    endpoint that fails on real data): printed as one line, exit status 2, no traceback."""
     from .data.records import DataFormatError
     from .memory import OutOfMemoryRefusal
+    from .rewards.base import RewardSourceError
 
-    return (ConfigError, DataFormatError, OutOfMemoryRefusal, FileNotFoundError)
+    return (ConfigError, DataFormatError, OutOfMemoryRefusal, FileNotFoundError, RewardSourceError)
 
 
 def _run(prog: str, argv: Optional[List[str]], stages) -> None:

@@ -9,7 +9,7 @@ their weights. Each source's own mean (over the rows it applies to) is logged un
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -18,10 +18,13 @@ class RewardSourceError(RuntimeError):
     """A source failed on real data: raised with the source's name and the offending row, so the
     run can stop with one line that says which source and which completion."""
 
-    def __init__(self, source: str, message: str, row: int = -1):
-        where = f" (row {row})" if row >= 0 else ""
-        super().__init__(f"reward source '{source}'{where}: {message}")
-        self.source, self.row = source, row
+    def __init__(self, source: str, message: str, row: int = -1, rank: Optional[int] = None):
+        where = ", ".join(([f"rank {rank}"] if rank is not None else []) + ([f"row {row}"] if row >= 0 else []))
+        super().__init__(f"reward source '{source}'{f' ({where})' if where else ''}: {message}")
+        self.source, self.message, self.row, self.rank = source, message, row, rank
+
+    def __reduce__(self):          # picklable: it crosses ranks (broadcast) and processes
+        return type(self), (self.source, self.message, self.row, self.rank)
 
 
 @dataclass
@@ -72,3 +75,13 @@ def combine(sources: Sequence[Tuple[RewardSource, float]], batch: RewardBatch
         total += weight * torch.where(s.applies, s.values, torch.zeros_like(s.values))
         parts[source.name] = s
     return total, parts
+
+
+def columns_from_meta(meta: Sequence[Dict[str, Any]], repeat: int = 1) -> Dict[str, List[Any]]:
+    """`RewardBatch.columns` from the prompt records' other fields (`PromptBatch.meta`): one list per
+    column over all records, None where a record lacks the column, each value repeated `repeat`
+    times in a row (n completions per prompt, prompt-major)."""
+    names: List[str] = []
+    for m in meta:
+        names.extend(k for k in m if k not in names)
+    return {k: [m.get(k) for m in meta for _ in range(repeat)] for k in names}
