@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..models.policy import unwrap
 from .engines import Engine
 from .generation_copy import empty_copy, release_storage  # noqa: F401 (empty_copy: public here too)
 from .lora_hybrid import merged_lora_copy
@@ -41,22 +42,51 @@ class GenerationSettings:
     do_sample: bool = True
 
 
-def hf_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
-                eos_token_id: int, pad_token_id: int, synced_gpus: bool = False) -> torch.Tensor:
-    """`model.generate` with our settings; returns `(B, P + R)` token ids (R <= max_new_tokens),
-    right-padded with `pad_token_id` after EOS."""
-    kwargs = dict(
-        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=settings.min_new_tokens or None, do_sample=settings.do_sample,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True, synced_gpus=synced_gpus,
+def sampling_config(settings: GenerationSettings, eos_token_id: int, pad_token_id: int):
+    """A `transformers.GenerationConfig` that states every choice of the sampling distribution.
+
+    Under it `generate` runs no logits processor beyond temperature, top-k and top-p as given and
+    `min_new_tokens`' EOS suppression (which PolicyModel can apply when scoring); top_k=0 is stated
+    as 0, since an unset top_k falls back to transformers' default of 50."""
+    from transformers import GenerationConfig
+
+    sample = settings.do_sample
+    return GenerationConfig(
+        max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens, do_sample=sample,
+        num_beams=1, num_return_sequences=1, use_cache=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        # Greedy: explicitly neutral, so that no warning mentions sampling flags.
+        temperature=settings.temperature if sample else 1.0, top_p=settings.top_p if sample else 1.0,
+        top_k=settings.top_k if sample else 0,
     )
-    if settings.do_sample:
-        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or None)
-    else:
-        # Explicitly neutral, so a model's generation_config cannot turn greedy into sampling.
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    with torch.no_grad():
-        return model.generate(**kwargs)
+
+
+@contextlib.contextmanager
+def _only_generation_config(model, config):
+    """`generate` fills every field the given config leaves unset from the model's own
+    `generation_config` (repetition_penalty, min_p, no_repeat_ngram_size, bad_words_ids, ...: fields
+    whose neutral value is None cannot be overridden), and `save_pretrained` carries those from a base
+    model through the SFT export into PPO. Samples drawn under them are not the policy being scored,
+    so the model holds `config` alone while it generates."""
+    hf = unwrap(model)   # a peft model's generate reads the base model's generation_config
+    saved = hf.generation_config
+    hf.generation_config = config
+    try:
+        yield
+    finally:
+        hf.generation_config = saved
+
+
+def hf_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings,
+                eos_token_id: int, pad_token_id: int, synced_gpus: bool = False, return_scores: bool = False):
+    """`model.generate` with our settings and nothing else (`sampling_config`); returns `(B, P + R)`
+    token ids (R <= max_new_tokens), right-padded with `pad_token_id` after EOS. With `return_scores`,
+    also the `(B, R, V)` logits the sampler drew from (after every processor, temperature included)."""
+    config = sampling_config(settings, eos_token_id, pad_token_id)
+    config.output_scores = config.return_dict_in_generate = return_scores
+    with torch.no_grad(), _only_generation_config(model, config):
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                             synced_gpus=synced_gpus)
+    return (out.sequences, torch.stack(out.scores, dim=1)) if return_scores else out
 
 
 class HybridEngine:

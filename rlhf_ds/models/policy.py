@@ -56,7 +56,7 @@ class PolicyModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_scored: Optional[int] = None,
                 temperature: float = 1.0, with_entropy: bool = False, return_logits: bool = False,
-                disable_adapters: bool = False):
+                disable_adapters: bool = False, min_new_tokens: int = 0, eos_token_id: Optional[int] = None):
         """
         Args:
             input_ids, attention_mask: `(B, T)`; any padding side.
@@ -64,18 +64,26 @@ class PolicyModel(nn.Module):
             temperature: divide logits by this before the softmax (match the sampling temperature).
             disable_adapters: run the frozen base without its LoRA adapters (the reference policy
                 for free, see rlhf_ds.models.lora).
+            min_new_tokens, eos_token_id: score sampled responses (num_scored = R) as they were
+                sampled under `generation.min_new_tokens`: EOS has no probability at the first
+                `min_new_tokens` scored positions, so the other tokens' log-probs (and the entropy)
+                there are those of the distribution without EOS (see `suppress_eos`).
         Returns:
             dict with `logprobs` `(B, num_scored)` fp32, and `entropy` `(B, num_scored)` /
-            `logits` `(B, num_scored, V)` when asked.
+            `logits` `(B, num_scored, V)` (as the model gives them) when asked.
         """
         if disable_adapters:
             from .lora import adapters_disabled
             with adapters_disabled(self.lm):
-                return self.forward(input_ids, attention_mask, num_scored, temperature, with_entropy, return_logits)
+                return self.forward(input_ids, attention_mask, num_scored, temperature, with_entropy, return_logits,
+                                    min_new_tokens=min_new_tokens, eos_token_id=eos_token_id)
         t = input_ids.shape[1]
         k = t - 1 if num_scored is None else int(num_scored)
         if not 0 < k < t:
             raise ValueError(f"num_scored must be in [1, {t - 1}] for sequences of length {t}, got {k}")
+        m = min(int(min_new_tokens), k)
+        if m > 0 and eos_token_id is None:
+            raise ValueError("min_new_tokens > 0 needs the eos_token_id it keeps from being sampled")
         targets = input_ids[:, t - k:]                                   # (B, k)
         positions = positions_from_mask(attention_mask)
         if self.fused_head:
@@ -86,15 +94,44 @@ class PolicyModel(nn.Module):
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              use_cache=False).last_hidden_state[:, t - k - 1:t - 1]   # (B, k, H)
             weight = hf.get_output_embeddings().weight
-            logprobs, entropy = self.ops.linear_logprobs(hidden, weight, targets, temperature, with_entropy)
-            return {"logprobs": logprobs, **({"entropy": entropy} if with_entropy else {})}
+            temp = temperature
+            parts = []
+            if m > 0:   # few positions: their logits are materialised to take EOS out
+                logits = suppress_eos(hidden[:, :m] @ weight.t(), targets[:, :m], eos_token_id)
+                parts.append(self.ops.logprobs(logits, targets[:, :m], temp, with_entropy))
+            if m < k:
+                parts.append(self.ops.linear_logprobs(hidden[:, m:], weight, targets[:, m:], temp, with_entropy))
+            return _joined(parts, with_entropy)
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
                       logits_to_keep=k + 1)
         logits = out.logits[:, :-1]                                      # (B, k, V): i predicts i + 1
-        logprobs, entropy = self.ops.logprobs(logits, targets, temperature, with_entropy)
-        result = {"logprobs": logprobs}
-        if with_entropy:
-            result["entropy"] = entropy
+        parts = []
+        if m > 0:
+            parts.append(self.ops.logprobs(suppress_eos(logits[:, :m], targets[:, :m], eos_token_id),
+                                           targets[:, :m], temperature, with_entropy))
+        if m < k:
+            parts.append(self.ops.logprobs(logits[:, m:], targets[:, m:], temperature, with_entropy))
+        result = _joined(parts, with_entropy)
         if return_logits:
             result["logits"] = logits
         return result
+
+
+def suppress_eos(logits: torch.Tensor, targets: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """`(B, m, V)` logits with EOS at -inf, as transformers' MinNewTokensLengthLogitsProcessor sets
+    them before sampling the first `min_new_tokens` tokens (a new tensor; `logits` is untouched).
+
+    A position whose target IS EOS cannot have been sampled that way; it keeps its EOS logit, so its
+    log-prob stays finite (-inf there would turn a masked-out position into NaN in a masked sum)."""
+    out = logits.clone()
+    eos = logits[..., eos_token_id]
+    out[..., eos_token_id] = torch.where(targets == eos_token_id, eos, torch.full_like(eos, float("-inf")))
+    return out
+
+
+def _joined(parts, with_entropy: bool) -> dict:
+    """Concatenate (logprobs, entropy) pairs of consecutive position ranges into the forward's dict."""
+    result = {"logprobs": torch.cat([lp for lp, _ in parts], dim=1) if len(parts) > 1 else parts[0][0]}
+    if with_entropy:
+        result["entropy"] = torch.cat([e for _, e in parts], dim=1) if len(parts) > 1 else parts[0][1]
+    return result
