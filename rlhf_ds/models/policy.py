@@ -10,6 +10,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from .head_postprocessing import fused_head_multiplier
 from .positions import positions_from_mask
 
 
@@ -28,7 +29,9 @@ class PolicyModel(nn.Module):
     Args:
         ops: a `TokenOps` (rlhf_ds.trainers.ops): the log-prob functions to use.
         fused_head: compute log-probs from the final hidden states and the LM-head weight in
-            chunks (`ops.linear_logprobs`), so the (B, T, V) logits never exist.
+            chunks (`ops.linear_logprobs`), so the (B, T, V) logits never exist. A constant logit
+            scale of the model is folded into the temperature; soft-capped logits are refused
+            (head_postprocessing.py).
     """
 
     def __init__(self, lm: nn.Module, ops=None, fused_head: bool = False):
@@ -44,6 +47,7 @@ class PolicyModel(nn.Module):
             if head is None or getattr(head, "bias", None) is not None:
                 raise ValueError(f"model.fused_lm_head needs a bias-free linear LM head; "
                                  f"{type(unwrap(lm)).__name__} has {type(head).__name__}")
+            self.logit_multiplier = fused_head_multiplier(unwrap(lm).config)
 
     @property
     def config(self):
@@ -94,7 +98,7 @@ class PolicyModel(nn.Module):
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                              use_cache=False).last_hidden_state[:, t - k - 1:t - 1]   # (B, k, H)
             weight = hf.get_output_embeddings().weight
-            temp = temperature
+            temp = temperature / self.logit_multiplier   # softmax(s * z / T) = softmax(z / (T / s))
             parts = []
             if m > 0:   # few positions: their logits are materialised to take EOS out
                 logits = suppress_eos(hidden[:, :m] @ weight.t(), targets[:, :m], eos_token_id)
