@@ -27,15 +27,15 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch
 def export_pretrained(engine: Engine, attr: str, out_dir: str, tokenizer=None, metadata: Optional[Dict] = None) -> str:
     """Save `engine.module.<attr>` (a PreTrainedModel) with full weights to `out_dir`. Collective.
 
-    A model with LoRA adapters is exported merged, with the adapter alone under `out_dir/adapter/`
-    (see lora_export.py).
+    A model with LoRA adapters is exported merged, with the adapter alone under `out_dir/adapter/` when
+    base + adapter reproduces the model (see lora_export.py).
     """
     state = engine.full_state_dict()
     if D.get_info().is_main:
         hf_model = getattr(engine.module, attr)
         state = strip_prefix(state, f"{attr}.")
         if has_lora(hf_model):
-            save_weights, metadata = prepare_lora_export(state, hf_model, metadata)
+            save_weights, metadata = prepare_lora_export(state, hf_model, tokenizer, metadata)
         else:
             save_weights = _save_pretrained(hf_model, state)
         del state

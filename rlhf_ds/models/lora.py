@@ -38,6 +38,9 @@ from .quantization import bnb_config, compute_dtype_of, disable_cpu_repack, is_4
 from .scalar_head import ScalarHeadModel
 
 HEAD_PREFIXES = ("score.",)
+# Set on every loaded model: the embedding rows of the checkpoint, before a grown tokenizer resized them,
+# so an adapter export knows whether it must carry the embeddings (engine/lora_export.py).
+BASE_VOCAB_ATTR = "rlhf_ds_base_vocab_size"
 
 
 # ---------------------------------------------------------------------------- adapters
@@ -165,6 +168,8 @@ def own_cpu_tensors(model: nn.Module) -> None:
 
 def _finish(model, role: str, lora: LoRASettings, tokenizer, gradient_checkpointing: bool, scalar: bool,
             dtype: torch.dtype):
+    weight = model.get_input_embeddings().weight
+    setattr(model, BASE_VOCAB_ATTR, getattr(weight, "ds_shape", weight.shape)[0])    # full shape under ZeRO-3
     _align_special_tokens(model, tokenizer)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
