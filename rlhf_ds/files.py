@@ -17,7 +17,16 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def replace_dir(staged: str, final: str) -> None:
-    """Put the finished directory `staged` where `final` was: the old one is removed first, then one
-    rename, so `final` is never a half-written directory."""
-    shutil.rmtree(final, ignore_errors=True)
+    """Put the finished directory `staged` where `final` was.
+
+    Nothing is deleted before `staged` is known to exist (a missing source raises and leaves `final` as
+    it was). The old `final` is renamed aside, not removed, until `staged` has taken its place: a crash
+    between the two renames leaves it whole under `<final>.old`, never a half-deleted directory."""
+    if not os.path.isdir(staged):
+        raise FileNotFoundError(f"cannot replace {final}: its replacement {staged} does not exist")
+    aside = final.rstrip("/") + ".old"
+    shutil.rmtree(aside, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, aside)
     os.replace(staged, final)
+    shutil.rmtree(aside, ignore_errors=True)
