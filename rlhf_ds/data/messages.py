@@ -46,12 +46,19 @@ def text_field(row: Mapping, key: str, allow_empty: bool = False) -> str:
 
 
 def optional_margin(row: Mapping) -> Optional[float]:
+    """A finite number, or text holding one (CSV cells are text, see readers.py)."""
     value = row.get("margin")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
         raise FieldError(f"field 'margin': expected a finite number, got {value!r}")
-    return float(value)
+    return float(number)
 
 
 def to_messages(value: Any, field: str) -> Messages:

@@ -10,9 +10,14 @@ Sources and how each is read:
   cannot be skipped (the rest of the file has no record boundaries), so it is
   always fatal.
 - `.txt`: one plain-text prompt per non-blank line.
-- `.csv`, `.parquet`: read through `datasets.load_dataset`. CSV rows are mapped to
-  the physical line where they start (a quoted cell may span lines) by a pass of
-  the `csv` module; parquet rows are numbered from 0.
+- `.csv`: parsed here with the `csv` module (header row first). Every cell is the
+  text it holds: nothing is type-guessed, so `NA`, `None`, `n/a` stay those words
+  and `4`, `007`, `0.50` stay text (fields that must be numbers, like `margin`,
+  accept numeric text). An empty cell is a missing field. Rows are located at the
+  physical line where they start (a quoted cell may span lines); blank lines are
+  skipped and counted.
+- `.parquet`: read through `datasets.load_dataset` (typed by its schema); rows are
+  numbered from 0.
 - a directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`:
   `datasets.load_from_disk`; any other directory (data files, no script) and any
   name that is not a local path: `datasets.load_dataset(name, split=split)`, the
@@ -42,7 +47,7 @@ FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".parquet")
 class RawRow:
     location: Location
     value: Any
-    json_error: Optional[str] = None   # set when `value` is a text line that failed to parse
+    json_error: Optional[str] = None   # why the row could not be parsed (a text line that is not JSON, a bad CSV row)
 
 
 @dataclasses.dataclass
@@ -67,7 +72,7 @@ def read_rows(source, split: str = "train", cache_dir: Optional[str] = None,
         if suffix == ".txt":
             return _read_text_lines(path)
         if suffix == ".csv":
-            return _read_csv(path, cache_dir)
+            return _read_csv(path)
         if suffix == ".parquet":
             return _read_with_datasets(path, "parquet", cache_dir)
         raise ValueError(f"{path}: unsupported file type {suffix!r}; "
@@ -195,6 +200,63 @@ def _parse_json_array(text: str, pos: int, path: str) -> List[RawRow]:
     return rows
 
 
+# ------------------------------------------------------------------ CSV
+
+@contextlib.contextmanager
+def _csv_field_limit():
+    """No cap on a CSV cell's size while reading (the csv module's default, 128 KiB, would reject a long
+    response), restored afterwards: the limit is the module's global state."""
+    was = csv.field_size_limit()
+    csv.field_size_limit(2 ** 31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(was)
+
+
+def _read_csv(path: str) -> RawRows:
+    """A CSV file with a header row. Every cell is the text it holds ("NA", "None", "007", "0.50" stay
+    those strings: no type is guessed); an empty cell is a missing field. Each row is located at the
+    physical line where it starts (a quoted cell may span lines); blank lines are skipped and counted.
+    A row with more cells than the header names is an invalid row."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(Location(path, data.count(b"\n", 0, e.start) + 1),
+                              f"not valid UTF-8 ({e.reason})") from None
+    header: Optional[List[str]] = None
+    rows, blank, previous_end = [], 0, 0
+    reader = csv.reader(io.StringIO(text, newline=""))
+    with _csv_field_limit():
+        try:
+            for cells in reader:
+                loc, previous_end = Location(path, previous_end + 1), reader.line_num
+                if not cells:
+                    blank += 1
+                elif header is None:
+                    header = _csv_header(cells, loc)
+                elif len(cells) > len(header):
+                    rows.append(RawRow(loc, None, f"{len(cells)} cells, but the header names {len(header)} "
+                                                  f"columns"))
+                else:           # missing trailing cells are empty ones
+                    cells += [""] * (len(header) - len(cells))
+                    rows.append(RawRow(loc, {k: v if v else None for k, v in zip(header, cells)}))
+        except csv.Error as e:
+            raise DataFormatError(Location(path, reader.line_num), f"invalid CSV: {e}") from None
+    return RawRows(path, rows, blank)
+
+
+def _csv_header(cells: List[str], loc: Location) -> List[str]:
+    # An unnamed column (e.g. a pandas index) is named as pandas names it.
+    names = [c if c else f"Unnamed: {i}" for i, c in enumerate(cells)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataFormatError(loc, f"the CSV header names column {twice[0]!r} more than once")
+    return names
+
+
 # --------------------------------------------------------- through `datasets`
 
 @contextlib.contextmanager
@@ -210,9 +272,7 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _rows_of(dataset, source: str, first_lines: Optional[List[int]] = None) -> List[RawRow]:
-    if first_lines is not None:
-        return [RawRow(Location(source, line), row) for line, row in zip(first_lines, dataset)]
+def _rows_of(dataset, source: str) -> List[RawRow]:
     return [RawRow(Location(source, i, "row"), row) for i, row in enumerate(dataset)]
 
 
@@ -220,31 +280,6 @@ def _read_with_datasets(path: str, builder: str, cache_dir: Optional[str]) -> Ra
     with _quiet_datasets() as datasets:
         ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
     return RawRows(path, _rows_of(ds, path))
-
-
-def _csv_record_lines(path: str) -> List[int]:
-    """Physical line where each data record starts (header excluded). Blank lines are
-    skipped, as pandas (behind the `datasets` CSV reader) skips them."""
-    starts, previous_end = [], 0
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            start, previous_end = previous_end + 1, reader.line_num
-            if row:
-                starts.append(start)
-    return starts[1:]
-
-
-def _read_csv(path: str, cache_dir: Optional[str]) -> RawRows:
-    with _quiet_datasets() as datasets:
-        ds = datasets.load_dataset("csv", data_files=path, split="train", cache_dir=cache_dir)
-    try:
-        lines = _csv_record_lines(path)
-    except (csv.Error, UnicodeDecodeError):
-        lines = []
-    # If the csv module and pandas disagree on record boundaries, row numbers are
-    # still exact where guessed line numbers would not be.
-    return RawRows(path, _rows_of(ds, path, lines if len(lines) == len(ds) else None))
 
 
 def _read_dataset_dir(path: str, split: str, cache_dir, load_kwargs) -> RawRows:
