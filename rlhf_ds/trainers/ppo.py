@@ -43,7 +43,6 @@ from .ops import token_ops
 from .ppo_experience import Experience, generate_rollout, global_whiten, score_rollout
 from .ppo_update import UpdateSettings, ppo_update
 from .rl_engines import no_dropout
-from .sft import sft_token_loss
 
 
 def generation_settings(cfg) -> GenerationSettings:
@@ -232,10 +231,6 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
             for part in ptx_ds.collate([ptx_ds[i] for i in rows]).split(mb_plan.micro):
                 yield part.to(actor.device)
 
-    def ptx_loss(engine, batch):
-        targets = (batch.labels[:, 1:] != -100).sum().clamp(min=1)
-        return sft_token_loss(engine, batch, targets)
-
     def evaluate():
         return evaluate_policy(ctx, actor, hybrid, reward, eval_prompts, eval_user_texts, settings, mb_plan.micro)
 
@@ -277,7 +272,7 @@ def train_ppo(ctx: RunContext, sft_path: str, reward_path: str, prompt_path: str
                 ppo_epochs=p.ppo_epochs, minibatch_per_rank=p.minibatch_size // dist.world_size,
                 micro=mb_plan.micro, clip_range=p.clip_range, dual_clip=p.dual_clip, value_clip=p.value_clip,
                 entropy_coef=p.entropy_coef, temperature=settings.temperature, ptx_coef=p.ptx_coef,
-                seed=cfg.seed + it), ptx_batches if ptx_ds is not None else None, ptx_loss,
+                seed=cfg.seed + it), ptx_batches if ptx_ds is not None else None,
                 ema.update if ema is not None else None)
         # 7. KL controller, on the mean per-sequence KL of this rollout (all ranks)
         sums = all_reduce_sum(torch.stack([kl.sum(dim=1).sum().double(), torch.tensor(float(len(kl))).double(),

@@ -14,6 +14,7 @@ import torch
 from ..engine import Engine, all_reduce_max, all_reduce_sum
 from ..rl import ppo_policy_loss, token_mean, value_loss
 from .ppo_experience import Experience
+from .sft import sft_token_loss
 
 
 @dataclass
@@ -70,11 +71,18 @@ def minibatches(n: int, size: int, epochs: int, seed: int) -> Iterator[torch.Ten
             yield order[start:start + size]
 
 
+def ptx_token_count(parts) -> torch.Tensor:
+    """Target tokens of ptx micro-batches on all ranks: the ptx loss is a global token mean too."""
+    local = sum(float((b.labels[:, 1:] != -100).sum()) for b in parts)
+    return all_reduce_sum(torch.tensor(local, dtype=torch.float64)).clamp(min=1.0)
+
+
 def ppo_update(exp: Experience, actor: Engine, critic: Engine, s: UpdateSettings,
                ptx_batches: Optional[Callable[[], Iterator]] = None,
-               ptx_loss_fn: Optional[Callable] = None, after_actor_step: Optional[Callable[[], None]] = None
-               ) -> Dict[str, float]:
-    """Train actor and critic on one rollout; return token-weighted mean statistics over all ranks."""
+               after_actor_step: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """Train actor and critic on one rollout; return token-weighted mean statistics over all ranks.
+
+    `ptx_batches()` yields this rank's ptx micro-batches (`SFTBatch`), one per actor micro-batch."""
     stats = StatSums()
     r = exp.action_mask.shape[1]
     n_minibatches = 0
@@ -82,10 +90,17 @@ def ppo_update(exp: Experience, actor: Engine, critic: Engine, s: UpdateSettings
         n_minibatches += 1
         mb = exp.index(rows)
         global_tokens = all_reduce_sum(mb.action_mask.sum().double()).clamp(min=1.0)
-        ptx_iter = ptx_batches() if (ptx_batches is not None and s.ptx_coef > 0) else None
+        parts = mb.split(s.micro)
+        ptx_parts, ptx_tokens = None, None
+        if ptx_batches is not None and s.ptx_coef > 0:
+            # All of this minibatch's ptx micro-batches first: their global target count divides the
+            # ptx loss, as the response-token count divides the policy loss (Engine.backward's rule).
+            ptx_iter = ptx_batches()
+            ptx_parts = [next(ptx_iter) for _ in parts]
+            ptx_tokens = ptx_token_count(ptx_parts)
 
         # 6a. actor: clipped surrogate (+ entropy bonus) (+ ptx) on each micro-batch.
-        for part in mb.split(s.micro):
+        for i, part in enumerate(parts):
             out = actor(part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature,
                         with_entropy=True)
             pg_loss, pg_stats = ppo_policy_loss(out["logprobs"], part.old_logprobs, part.advantages,
@@ -94,11 +109,11 @@ def ppo_update(exp: Experience, actor: Engine, critic: Engine, s: UpdateSettings
             entropy = token_mean(out["entropy"], part.action_mask, num_tokens=global_tokens)
             loss = pg_loss - s.entropy_coef * entropy
             local_tokens = float(part.action_mask.sum())
-            if ptx_iter is not None:
-                ptx = ptx_loss_fn(actor, next(ptx_iter))
-                # The ptx term is a mean over its own tokens; spread it over this step's micro-batches.
-                loss = loss + s.ptx_coef * ptx / (s.minibatch_per_rank // s.micro)
-                stats.add("ptx_loss", ptx, 1.0)
+            if ptx_parts is not None:
+                ptx = sft_token_loss(actor, ptx_parts[i], ptx_tokens)
+                loss = loss + s.ptx_coef * ptx
+                local_ptx = float((ptx_parts[i].labels[:, 1:] != -100).sum())
+                stats.add("ptx_loss", float(ptx.detach()) * float(ptx_tokens) / max(local_ptx, 1.0), local_ptx)
             steps_before = actor.global_steps
             actor.backward(loss)
             actor.step()

@@ -5,6 +5,7 @@ ranks. Measured here with that bug injected (normalising by each micro-batch's o
 the weight updates of two steps differ by 0.29 in relative norm. Without it they differ by ~1e-4
 (summation order, amplified by Adam's first steps on near-zero gradients), hence the 5e-3 bound.
 """
+import json
 import os
 
 import pytest
@@ -60,3 +61,30 @@ def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, stage,
         assert rb["loss"] == pytest.approx(ra["loss"], rel=rel), step
         if "grad_norm" in ra:
             assert rb["grad_norm"] == pytest.approx(ra["grad_norm"], rel=rel), step
+
+
+UPDATE = os.path.join(REPO, "tests", "multirank", "scripts", "rl_update_ranks.py")
+
+
+def test_rl_update_one_rank_equals_two_ranks_with_ptx(tmp_path, demo_task):
+    """The RL update (clipped policy loss, entropy bonus, ptx loss, value loss) of one global batch: 1 rank
+    with 2 micro-batches of 4 == 2 ranks with one micro-batch of 4 each. Before the ptx loss took the
+    global token count it was multiplied by the number of ranks (issue 14, item 1): actor grad norm 6.25
+    on 1 rank, 7.72 on 2."""
+    import torch
+
+    model_dir = os.path.join(demo_task, "base_model")
+    out = {}
+    for name, ranks in (("one", 1), ("two", 2)):
+        prefix = str(tmp_path / name)
+        run_deepspeed(UPDATE, [model_dir, prefix, "4", "0.5"], ranks=ranks, timeout=600)
+        out[name] = (torch.load(f"{prefix}.pt"), json.load(open(f"{prefix}.json")))
+    (wa, sa), (wb, sb) = out["one"], out["two"]
+    assert sa["ptx_loss"] > 0
+    for key in ("actor_grad_norm", "ptx_loss", "policy_loss", "entropy", "value_loss"):
+        assert sb[key] == pytest.approx(sa[key], rel=1e-4), key
+    base = _weights(model_dir)
+    moved = [k for k in base if float((wa[k] - base[k]).norm()) > 0]
+    assert moved, "the update changed no weight; the comparison would be empty"
+    for k in moved:
+        assert float((wa[k] - wb[k]).norm() / (wa[k] - base[k]).norm()) < 5e-3, k
