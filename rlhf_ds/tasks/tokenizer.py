@@ -103,13 +103,15 @@ def train_bpe(texts: List[str], vocab_size: int = DEFAULT_VOCAB_SIZE):
     return tokenizer
 
 
-def build_tokenizer(out_dir: str = None, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE):
+def build_tokenizer(out_dir: str = None, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                    texts: List[str] = None):
     """Train the demo tokenizer and return it as a `PreTrainedTokenizerFast`;
-    with `out_dir`, also `save_pretrained` it there (AutoTokenizer loads it back)."""
+    with `out_dir`, also `save_pretrained` it there (AutoTokenizer loads it back).
+    `texts`: another task's corpus (default: the describe task's, for `seed`)."""
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_bpe(tokenizer_corpus(seed), vocab_size),
+        tokenizer_object=train_bpe(tokenizer_corpus(seed) if texts is None else texts, vocab_size),
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
