@@ -68,10 +68,13 @@ class DataConfig:
 
 @dataclass
 class SFTConfig:
-    data_path: Optional[str] = _f(None, "SFT data file or dataset name; None: the demo task's")
+    data_path: Optional[str] = _f(None, "SFT data: a file, a dataset directory or a hub dataset id, which may "
+                                  "name a split as name:split (default: train); None: the demo task's")
     data_format: str = _f("auto", "SFT record format",
                           choices=("auto", "prompt_response", "alpaca", "chat"))
-    eval_path: Optional[str] = _f(None, "held-out SFT data; default: eval_fraction of data_path")
+    eval_path: Optional[str] = _f(None, "held-out SFT data, named as data_path; a dataset named without "
+                                  ":split is read at its test split, else validation, else its only split "
+                                  "(the split used is logged); default: eval_fraction of data_path")
     epochs: float = _f(2.0, "passes over the training data", min=0.0)
     max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
     batch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)
@@ -86,11 +89,15 @@ class SFTConfig:
 
 @dataclass
 class RewardConfig:
-    data_path: Optional[str] = _f(None, "preference pairs and/or K-wise rankings; None: the demo task's")
+    data_path: Optional[str] = _f(None, "preference pairs and/or K-wise rankings: a file, a dataset directory "
+                                  "or a hub dataset id, which may name a split as name:split (default: "
+                                  "train); None: the demo task's")
     data_format: str = _f("auto", "record format",
                           choices=("auto", "prompt_chosen_rejected", "question_chosen_rejected", "hh",
                                    "chat_pair", "rm_static", "ranking"))
-    eval_path: Optional[str] = _f(None, "held-out data; default: eval_fraction of data_path")
+    eval_path: Optional[str] = _f(None, "held-out data, named as data_path; a dataset named without :split is "
+                                  "read at its test split, else validation, else its only split (the split "
+                                  "used is logged); default: eval_fraction of data_path")
     loss: str = _f("auto", "ranking loss: pairwise Bradley-Terry, K-wise over all pairs, or by data",
                    choices=("auto", "pairwise", "kwise"))
     margin: float = _f(0.0, "extra margin in the ranking loss, added to a record's own margin (in a K-wise "
@@ -109,8 +116,10 @@ class RewardConfig:
 
 @dataclass
 class PPOConfig:
-    prompt_path: Optional[str] = _f(None, "PPO prompts; None: the demo task's")
-    eval_prompt_path: Optional[str] = _f(None, "held-out prompts scored at evaluation")
+    prompt_path: Optional[str] = _f(None, "PPO prompts (a dataset may name a split as name:split; default: "
+                                    "train); None: the demo task's")
+    eval_prompt_path: Optional[str] = _f(None, "held-out prompts scored at evaluation (a dataset may name a "
+                                         "split as name:split)")
     iterations: int = _f(100, "PPO iterations (rollout + update)", min=1)
     rollout_batch_size: int = _f(64, "prompts per iteration, over all ranks", min=1)
     minibatch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)

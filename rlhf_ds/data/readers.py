@@ -82,6 +82,25 @@ def read_rows(source, split: str = "train", cache_dir: Optional[str] = None,
     return _read_hub(path, split, cache_dir, load_kwargs)
 
 
+def split_names(source, **load_kwargs) -> Optional[List[str]]:
+    """The splits `source` offers, in its order; None when it has none (a file, or a directory holding
+    one saved `Dataset`). Hub names ask the hub."""
+    path = os.fspath(source)
+    if os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        saved_dict = os.path.join(path, "dataset_dict.json")
+        if os.path.isfile(saved_dict):
+            with open(saved_dict, encoding="utf-8") as f:
+                return list(json.load(f)["splits"])
+        if os.path.isfile(os.path.join(path, "state.json")):
+            return None
+    elif path.lower().endswith(FILE_SUFFIXES) or os.sep in path and not _looks_like_hub_name(path):
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    with _quiet_datasets() as datasets:
+        return list(datasets.get_dataset_split_names(path, **load_kwargs))
+
+
 def _looks_like_hub_name(name: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything with more slashes is a path.
     return name.count("/") <= 1 and not name.startswith((".", "/"))
