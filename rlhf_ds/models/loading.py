@@ -55,11 +55,16 @@ def _attn_kwargs(attn_implementation: str):
 
 
 def _align_special_tokens(model, tokenizer) -> None:
-    """Make the model agree with the tokenizer on vocabulary size and special ids."""
+    """Make the model agree with the tokenizer on vocabulary size and special ids.
+
+    Under ZeRO-3 (inside the engine's model_construction) the weights are already partitioned: the
+    row count is the full `ds_shape`, and transformers' resize_token_embeddings gathers the old
+    embedding and head itself while its DeepSpeed config is live; the resized tensors are whole on
+    each rank until deepspeed.initialize partitions them (a one-off embedding-sized peak)."""
     if tokenizer is None:
         return
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0] and \
-            getattr(model.get_input_embeddings().weight, "ds_numel", None) is None:
+    weight = model.get_input_embeddings().weight
+    if len(tokenizer) > getattr(weight, "ds_shape", weight.shape)[0]:   # a ZeRO-3 shard's own shape is (0,)
         model.resize_token_embeddings(len(tokenizer))
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(tokenizer, key, None)
