@@ -14,9 +14,15 @@ prompt alone; None = no bound):
    reward model that such text is complete) would be wrong.
 
 For K-wise data the prompt is cut once, against the longest response, so every
-response continues the same prompt. For SFT "prompt" is everything before the last
-assistant turn (earlier turns can be cut from the left, their labels with them) and
-"response" the last assistant turn. Prompts for generation only know rule 1.
+response continues the same prompt. Prompts for generation only know rule 1.
+
+For SFT, rule 1 bounds what precedes the FIRST assistant turn (a single-turn
+record's prompt). The turns after it, earlier assistant targets included, are kept
+whole whenever the conversation fits in `max_length`. When it does not, rules 2
+and 3 apply with "prompt" = everything before the last assistant turn and
+"response" = the last assistant turn: the conversation loses its earliest tokens
+first (an earlier assistant turn cut there loses its labels with its tokens), then
+the last turn is cut from the right.
 
 `TruncationStats` counts records (and prompts / responses) that were cut.
 """
@@ -119,18 +125,19 @@ def tokenize_sft(records, formatter: ChatFormatter, max_length: Optional[int] = 
     for rec in _records(records):
         if not isinstance(rec, SFTRecord):
             raise TypeError(f"tokenize_sft needs SFTRecord, got {type(rec).__name__}")
-        ids, labels = [], []
-        segs = formatter.segments(rec.messages)
-        last = max(i for i, s in enumerate(segs) if s.target)
-        for i, s in enumerate(segs):
-            if i == last:
-                prompt_len = len(ids)
+        ids, labels, starts = [], [], []
+        for s in formatter.segments(rec.messages):
+            if s.target:
+                starts.append(len(ids))
             ids += s.ids
             labels += s.ids if s.target else [IGNORE_INDEX] * len(s.ids)
         pairs = list(zip(ids, labels))                  # cut ids and labels together
-        prompt, response = pairs[:prompt_len], pairs[prompt_len:]
-        p, r_budget = budget(len(prompt), len(response), max_length, max_prompt_length)
-        kept_prompt = keep_last(prompt, p, [(t, IGNORE_INDEX) for t in formatter.bos_ids])
+        bos = [(t, IGNORE_INDEX) for t in formatter.bos_ids]
+        first, last = starts[0], starts[-1]
+        prompt, response = pairs[:last], pairs[last:]
+        context = pairs[:first] if max_prompt_length is None else keep_last(pairs[:first], max_prompt_length, bos)
+        p, r_budget = budget(len(context) + last - first, len(response), max_length, None)
+        kept_prompt = keep_last(context + pairs[first:last], p, bos)
         kept_response = response if r_budget is None else response[:r_budget]
         cut = stats.add(len(kept_prompt) < len(prompt), int(len(kept_response) < len(response)))
         kept = kept_prompt + kept_response
