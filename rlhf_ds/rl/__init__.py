@@ -9,29 +9,32 @@ step (all ranks, all micro-batches), sequence-level ones by `num_pairs` /
 """
 from .dpo import DPO_LOSS_TYPES, dpo_loss
 from .entropy import entropy_from_logits
+from .advantages import ADVANTAGE_ESTIMATORS, AdvantageEstimator, advantage_estimator
 from .gae import gae
 from .group_advantages import grpo_advantages, rloo_advantages
 from .kl import KL_ESTIMATORS, kl_shaped_rewards, last_action_index, per_token_kl
 from .kl_controller import AdaptiveKLController, FixedKLController
 from .logprobs import IGNORE_INDEX, gather_logprobs
 from .masked import masked_mean, masked_sum, masked_var, masked_whiten
-from .ppo import ppo_policy_loss
+from .ppo import IMPORTANCE_RATIOS, ppo_policy_loss
 from .ranking import kwise_ranking_loss, pairwise_ranking_loss
 from .ranking_metrics import kendall_tau, ranking_metrics, spearman_rho
-from .reduction import sequence_mean, token_mean
+from .reduction import LOSS_AGGREGATIONS, aggregate_loss, sequence_mean, token_mean
 from .running_moments import RunningMoments, batch_moments, combine_moments
 from .value import explained_variance, value_loss
 
 __all__ = [
     # constants
-    "DPO_LOSS_TYPES", "IGNORE_INDEX", "KL_ESTIMATORS",
+    "ADVANTAGE_ESTIMATORS", "DPO_LOSS_TYPES", "IGNORE_INDEX", "IMPORTANCE_RATIOS", "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
     # per-token quantities
     "gather_logprobs", "entropy_from_logits", "per_token_kl", "last_action_index",
     "kl_shaped_rewards",
     # masked reductions and the loss-averaging convention
     "masked_sum", "masked_mean", "masked_var", "masked_whiten", "token_mean", "sequence_mean",
-    # advantages
-    "gae", "grpo_advantages", "rloo_advantages",
+    "aggregate_loss",
+    # advantages: the estimator registry, and the pieces it is made of
+    "AdvantageEstimator", "advantage_estimator", "gae", "grpo_advantages", "rloo_advantages",
     # losses
     "ppo_policy_loss", "value_loss", "explained_variance", "dpo_loss",
     "pairwise_ranking_loss", "kwise_ranking_loss",

@@ -6,42 +6,57 @@ import torch
 from rlhf_ds.rl import ppo_policy_loss
 
 
-def loop_ppo(logprobs, old_logprobs, advantages, mask, clip_range, dual_clip=None, num_tokens=None):
-    """Eq. 7 of Schulman et al. 2017 (and Ye et al. 2020's dual clip) one token at a time.
+def loop_ppo(logprobs, old_logprobs, advantages, mask, clip_range, dual_clip=None, num_tokens=None,
+             clip_high=None, ratio="token", aggregation="token_mean", max_length=None):
+    """Eq. 7 of Schulman et al. 2017 (and Ye et al. 2020's dual clip, DAPO's separate upper bound,
+    GSPO's sequence ratio, the three loss aggregations) one token at a time.
 
     Returns the loss, the stats, and d loss / d logprobs written out by hand.
     """
     B, T = logprobs.shape
-    n = num_tokens if num_tokens is not None else sum(1 for b in range(B) for t in range(T) if mask[b, t])
-    total, clipped, dual, kl, ratios = 0.0, 0, 0, 0.0, []
+    low, high = clip_range, clip_range if clip_high is None else clip_high
+    rows = [[t for t in range(T) if mask[b, t]] for b in range(B)]
+    n = num_tokens if num_tokens is not None else sum(len(r) for r in rows)
+    n_seq = sum(1 for r in rows if r)
+    total, clipped, clipped_low, clipped_high, dual, kl, ratios = 0.0, 0, 0, 0, 0, 0.0, []
     grad = torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
-        for t in range(T):
-            if not mask[b, t]:
-                continue
-            r = math.exp(float(logprobs[b, t]) - float(old_logprobs[b, t]))
+        seq_log_ratio = sum(float(logprobs[b, t]) - float(old_logprobs[b, t]) for t in rows[b]) / max(1, len(rows[b]))
+        # weight of token (b, t) in the loss under each aggregation
+        if aggregation == "token_mean":
+            w = 1.0 / n
+        elif aggregation == "seq_mean_token_mean":
+            w = 1.0 / (len(rows[b]) * n_seq) if rows[b] else 0.0
+        else:
+            w = 1.0 / (n_seq * max_length)
+        for t in rows[b]:
+            log_r = seq_log_ratio if ratio == "sequence" else float(logprobs[b, t]) - float(old_logprobs[b, t])
+            r = math.exp(log_r)
             a = float(advantages[b, t])
             s1 = r * a
-            s2 = min(max(r, 1 - clip_range), 1 + clip_range) * a
+            s2 = min(max(r, 1 - low), 1 + high) * a
             objective = min(s1, s2)
-            # the gradient of r * a w.r.t. log pi is r * a; it only flows through s1
+            # d(r a)/d log pi_t = r a (GSPO-token: the sequence ratio's value, the token's own gradient)
             unclipped_active = s1 <= s2
             if s2 < s1:
                 clipped += 1
+                clipped_low += a < 0
+                clipped_high += a > 0
             if dual_clip is not None and a < 0 and dual_clip * a > objective:
                 objective = dual_clip * a
                 dual += 1
                 unclipped_active = False
-            total += -objective
-            grad[b, t] = -r * a / n if unclipped_active else 0.0
-            kl += r - 1 - math.log(r)
+            total += -objective * w
+            grad[b, t] = -r * a * w if unclipped_active else 0.0
+            kl += r - 1 - log_r
             ratios.append(r)
     count = len(ratios)
-    stats = {"clip_fraction": clipped / count, "approx_kl": kl / count,
+    stats = {"clip_fraction": clipped / count, "clip_fraction_low": clipped_low / count,
+             "clip_fraction_high": clipped_high / count, "approx_kl": kl / count,
              "ratio_mean": sum(ratios) / count, "ratio_max": max(ratios)}
     if dual_clip is not None:
         stats["dual_clip_fraction"] = dual / count
-    return total / n, stats, grad
+    return total, stats, grad
 
 
 def random_case(seed):
@@ -71,6 +86,51 @@ def test_matches_loop_including_gradient(clip_range, dual_clip):
     torch.testing.assert_close(grad.double(), want_grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("clip, clip_high, ratio, aggregation", [
+    (0.2, 0.28, "token", "token_mean"),                # DAPO's clip-higher
+    (0.2, None, "token", "seq_mean_token_mean"),       # GRPO as published
+    (0.2, None, "token", "seq_mean_token_sum_norm"),   # Dr. GRPO
+    (0.03, None, "sequence", "seq_mean_token_mean"),   # GSPO (its clip ranges are small: sequence ratios stay near 1)
+    (0.03, 0.05, "sequence", "token_mean"),
+])
+def test_options_match_loop_including_gradient(clip, clip_high, ratio, aggregation):
+    logprobs, old, advantages, mask = random_case(4)
+    if ratio == "sequence":    # GSPO's advantages are per sequence
+        advantages = advantages[:, :1].expand_as(advantages).clone()
+    logprobs.requires_grad_(True)
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip, clip_range_high=clip_high, ratio=ratio,
+                                  aggregation=aggregation, max_length=9)
+    want_loss, want_stats, want_grad = loop_ppo(logprobs.detach(), old, advantages, mask, clip, clip_high=clip_high,
+                                                ratio=ratio, aggregation=aggregation, max_length=9)
+    assert math.isclose(loss.item(), want_loss, rel_tol=1e-5, abs_tol=1e-6)
+    for key, value in want_stats.items():
+        assert math.isclose(stats[key].item(), value, rel_tol=1e-5, abs_tol=1e-6), key
+    assert 0 < want_stats["clip_fraction"] < 1
+    (grad,) = torch.autograd.grad(loss, logprobs)
+    torch.testing.assert_close(grad.double(), want_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_clip_higher_and_sequence_ratio_hand_values():
+    # clip low 0.2, high 0.28. r = 1.25, A = 1: below 1.28, unclipped -> loss -1.25 (with a symmetric 0.2:
+    # clipped at 1.2). r = 0.5, A = -1: clipped low at 0.8 -> loss 0.8. Token mean: (-1.25 + 0.8) / 2.
+    old = torch.zeros(1, 2)
+    logprobs = torch.tensor([[math.log(1.25), math.log(0.5)]])
+    advantages = torch.tensor([[1.0, -1.0]])
+    mask = torch.ones(1, 2)
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2, clip_range_high=0.28)
+    assert math.isclose(loss.item(), (-1.25 + 0.8) / 2, rel_tol=1e-6)
+    assert stats["clip_fraction_low"].item() == 0.5 and stats["clip_fraction_high"].item() == 0.0
+    loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2)
+    assert math.isclose(loss.item(), (-1.2 + 0.8) / 2, rel_tol=1e-6)
+    assert stats["clip_fraction_high"].item() == 0.5
+    # GSPO: one sequence, token log-ratios ln 1.25 and ln 0.5 -> s = sqrt(1.25 * 0.5) = 0.7905694 on both
+    # tokens; A = 2 on both: min(s A, clip(s, 0.8, 1.2) A) = 0.7905694 * 2 -> loss -1.5811388
+    loss, stats = ppo_policy_loss(logprobs, old, torch.full((1, 2), 2.0), mask, ratio="sequence",
+                                  aggregation="seq_mean_token_mean")
+    assert math.isclose(loss.item(), -2 * math.sqrt(0.625), rel_tol=1e-6)
+    assert math.isclose(stats["ratio_max"].item(), math.sqrt(0.625), rel_tol=1e-6)
+
+
 def test_hand_values():
     # clip_range 0.2. Token by token (r = ratio, A = advantage):
     #   r=1.5, A=1 : min(1.5, 1.2) = 1.2      -> loss -1.2  (clipped)
@@ -93,6 +153,8 @@ def test_hand_values():
     assert math.isclose(stats["ratio_mean"].item(), 1.75, rel_tol=1e-6)
     assert math.isclose(stats["ratio_max"].item(), 4.0, rel_tol=1e-6)
     assert "dual_clip_fraction" not in stats
+    # token 1 (A > 0) is clipped high, token 2 (A < 0) clipped low
+    assert stats["clip_fraction_high"].item() == 0.25 and stats["clip_fraction_low"].item() == 0.25
     loss, stats = ppo_policy_loss(logprobs, old, advantages, mask, clip_range=0.2, dual_clip=3.0)
     assert math.isclose(loss.item(), 0.1, rel_tol=1e-5)
     assert stats["dual_clip_fraction"].item() == 0.25
@@ -138,3 +200,9 @@ def test_bad_inputs():
         ppo_policy_loss(x, x, x, x, clip_range=0.0)
     with pytest.raises(ValueError, match="dual_clip must be > 1"):
         ppo_policy_loss(x, x, x, x, dual_clip=1.0)
+    with pytest.raises(ValueError, match="clip_range_high must be > 0"):
+        ppo_policy_loss(x, x, x, x, clip_range_high=0.0)
+    with pytest.raises(ValueError, match="allowed: token, sequence"):
+        ppo_policy_loss(x, x, x, x, ratio="group")
+    with pytest.raises(ValueError, match="allowed: token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"):
+        ppo_policy_loss(x, x, x, x, aggregation="sum")

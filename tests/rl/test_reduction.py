@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_ds.rl import sequence_mean, token_mean
+from rlhf_ds.rl import aggregate_loss, sequence_mean, token_mean
 
 
 def test_token_mean_hand_values():
@@ -86,3 +86,33 @@ def test_bad_inputs():
         sequence_mean(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="num_sequences must be >= 0"):
         sequence_mean(torch.zeros(2), num_sequences=-2)
+
+
+def test_loss_aggregations_hand_values():
+    # rows: [1, 2, 3] (3 tokens), [6, pad] (1 token), an empty row (not counted as a sequence)
+    x = torch.tensor([[1.0, 2.0, 3.0], [6.0, float("nan"), 0.0], [5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+    assert aggregate_loss(x, mask, "token_mean").item() == 12 / 4
+    assert aggregate_loss(x, mask, "seq_mean_token_mean").item() == (2 + 6) / 2
+    assert aggregate_loss(x, mask, "seq_mean_token_sum_norm", max_length=4).item() == 12 / (2 * 4)
+    # global counts: 8 tokens, 4 sequences over all ranks
+    assert aggregate_loss(x, mask, "token_mean", num_tokens=8).item() == 12 / 8
+    assert aggregate_loss(x, mask, "seq_mean_token_mean", num_sequences=4).item() == 8 / 4
+    assert aggregate_loss(x, mask, "seq_mean_token_sum_norm", num_sequences=4, max_length=4).item() == 12 / 16
+    with pytest.raises(ValueError, match="needs max_length"):
+        aggregate_loss(x, mask, "seq_mean_token_sum_norm")
+    with pytest.raises(ValueError, match="allowed: token_mean"):
+        aggregate_loss(x, mask, "mean")
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_loss_aggregations_add_up_over_a_split_batch(aggregation):
+    """Two halves with the global counts sum to the whole: what a split over ranks relies on."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 5, generator=g)
+    mask = torch.rand(6, 5, generator=g) > 0.3
+    mask[:, 0] = True
+    whole = aggregate_loss(x, mask, aggregation, max_length=5)
+    counts = dict(num_tokens=mask.sum(), num_sequences=6, max_length=5)
+    halves = sum(aggregate_loss(x[i:i + 3], mask[i:i + 3], aggregation, **counts) for i in (0, 3))
+    torch.testing.assert_close(halves, whole)
