@@ -44,7 +44,7 @@ def test_zero3_resizes_for_added_pad_token(no_pad_model, tmp_path):
         for part in ("actor_embed", "actor_head", "reward_embed"):
             assert res[part] == {"rows": vocab + 1, "sharded": True, "new_row_finite": True}, part
         assert res["actor_pad_id"] == res["reward_pad_id"] == vocab
-        assert res["finite"]
+        assert res["finite"] and res["trained_finite"]
         assert res["padded_logprobs"] == pytest.approx(res["alone_logprobs"], abs=1e-5)
         assert res["padded_score"] == pytest.approx(res["alone_score"], abs=1e-5)
     assert results[0] == results[1]

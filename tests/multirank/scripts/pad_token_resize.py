@@ -42,6 +42,12 @@ with torch.no_grad():
     alone_lp = actor(ids[1:, :len(b)], mask[1:, :len(b)])["logprobs"]
     padded_score = reward(ids, mask)["scores"]
     alone_score = reward(ids[1:, :len(b)], mask[1:, :len(b)])["scores"]
+# One training step through the resized (then partitioned) embedding and head.
+actor.train()
+loss = -(actor(ids, mask)["logprobs"] * mask[:, 1:]).sum() / mask[:, 1:].sum()
+actor.backward(loss)
+actor.step()
+trained = rows(actor, lambda m: m.lm.get_input_embeddings().weight)
 result = {
     "world": info.world_size, "len_tokenizer": len(tok), "pad_id": tok.pad_token_id,
     "actor_embed": rows(actor, lambda m: m.lm.get_input_embeddings().weight),
@@ -50,6 +56,7 @@ result = {
     "actor_pad_id": actor.module.lm.config.pad_token_id, "reward_pad_id": reward.module.model.config.pad_token_id,
     "padded_logprobs": padded_lp[1, :len(b) - 1].tolist(), "alone_logprobs": alone_lp[0].tolist(),
     "padded_score": float(padded_score[1]), "alone_score": float(alone_score[0]),
+    "trained_finite": trained["new_row_finite"],
     "finite": bool(torch.isfinite(padded_lp).all() and torch.isfinite(padded_score).all()),
 }
 with open(f"{out_path}.rank{info.rank}", "w") as f:
