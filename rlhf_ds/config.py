@@ -28,6 +28,7 @@ __all__ = [  # the schema is part of this module's interface
     "ConfigError", "DEMO_PRESET", "SECTIONS", "TOP_LEVEL", "RLHFConfig", "ModelConfig", "DataConfig", "SFTConfig",
     "RewardConfig", "PPOConfig", "GenerationConfig", "HybridConfig", "LoRAConfig", "DeepSpeedSection",
     "LoggingConfig", "build_config", "describe", "load_config", "parse_overrides", "validate",
+    "RESUME_ALLOWED", "RESUME_SCOPE", "ResumeChange", "resume_allowed", "resume_changes",
 ]
 
 # ---------------------------------------------------------------------------- values
@@ -315,6 +316,82 @@ def validate(cfg: RLHFConfig) -> None:
     if cfg.lora.quantization != "none" and cfg.lora.r == 0:
         raise ConfigError("lora.quantization needs LoRA adapters: set lora.r > 0 (a 4-bit base cannot be "
                           "fully fine-tuned)")
+
+
+# ---------------------------------------------------------------------------- resuming
+
+# What a resumed stage compares with the checkpoint's configuration: top-level keys, whole sections
+# ("sft") or single keys ("sft.data_path"). Keys outside a stage's scope belong to other stages and
+# may change freely. A stage not listed here compares everything.
+_COMMON_SCOPE = ("seed", "save_interval", "model", "data", "lora", "deepspeed", "logging")
+RESUME_SCOPE: Dict[str, Tuple[str, ...]] = {
+    "sft": _COMMON_SCOPE + ("sft",),
+    "reward": _COMMON_SCOPE + ("reward",),
+    # PPO's ptx loss reads the SFT data when ppo.ptx_data_path is unset.
+    "ppo": _COMMON_SCOPE + ("ppo", "generation", "hybrid", "sft.data_path"),
+}
+# Keys of a scope that other stages own: the SFT stage does not read the models that later stages start from.
+_RESUME_IGNORED: Dict[str, Tuple[str, ...]] = {
+    "sft": ("model.sft_model_path", "model.reward_model_path", "model.critic_init"),
+    "reward": ("model.reward_model_path", "model.critic_init"),
+}
+# Keys whose change a resume applies (and logs): they decide when to log, evaluate or save, or how fast
+# the same numbers are computed, never what is trained. Every other key in scope must keep the value
+# the checkpoint was written with: a learning rate, a step count, a batch size or a schedule that
+# changed mid-run would make the restored optimizer and scheduler states describe another run.
+RESUME_ALLOWED = frozenset({
+    "save_interval", "logging.*", "sft.eval_interval", "reward.eval_interval", "ppo.eval_interval",
+    "ppo.eval_prompt_path", "ppo.use_kernels", "model.gradient_checkpointing", "model.attn_implementation",
+    "deepspeed.offload_inference", "hybrid.*",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeChange:
+    key: str          # dotted, as on the command line
+    saved: Any        # the checkpoint's value
+    now: Any          # this run's value
+    allowed: bool     # in RESUME_ALLOWED: applied and logged; otherwise the resume is refused
+
+
+def _flat(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for name, value in cfg.items():
+        if isinstance(value, dict):
+            out.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            out[name] = value
+    return out
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) or key.startswith(p + ".")
+               for p in patterns)
+
+
+def resume_allowed(stage: str, scope: Optional[Iterable[str]] = None) -> List[str]:
+    """The RESUME_ALLOWED patterns within `stage`'s scope (all of them for an unknown stage)."""
+    scope = tuple(scope) if scope is not None else RESUME_SCOPE.get(stage)
+    return sorted(p for p in RESUME_ALLOWED if scope is None or _matches(p, scope))
+
+
+def resume_changes(stage: str, saved: Dict[str, Any], now: Dict[str, Any],
+                   scope: Optional[Iterable[str]] = None) -> List[ResumeChange]:
+    """The keys of `stage`'s scope (default RESUME_SCOPE[stage]; everything for an unknown stage) whose
+    value in `now` differs from `saved` (both `RLHFConfig.to_dict()`), each marked allowed or not.
+    `resume` and `save_dir` are never compared: they are how a resume is asked for and where it is."""
+    scope = tuple(scope) if scope is not None else RESUME_SCOPE.get(stage)
+    ignored = _RESUME_IGNORED.get(stage, ())
+    a, b = _flat(saved), _flat(now)
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        if key in ("resume", "save_dir") or _matches(key, ignored):
+            continue
+        if scope is not None and not _matches(key, scope):
+            continue
+        if a.get(key) != b.get(key):
+            changes.append(ResumeChange(key, a.get(key), b.get(key), _matches(key, RESUME_ALLOWED)))
+    return changes
 
 
 def load_config(source: Any = None, overrides: Optional[List[str]] = None) -> RLHFConfig:

@@ -7,6 +7,8 @@ Layout under `<save_dir>/checkpoints/<stage>/`:
     <tag>/trainer_state.json step, data position, KL controller, ... (identical on every rank)
     <tag>/rng_rank<r>.pt     each rank's RNG states (they differ by rank)
     <tag>/extra_rank<r>.pt   per-rank tensors a trainer keeps (for example EMA shards)
+    finished.json            written when the stage has finished and exported its outputs: its
+                             result, step and configuration (a `--resume` then leaves them alone)
 
 Every rank writes into `<tag>.partial/`; after a barrier rank 0 renames it to `<tag>` and only
 then points `latest` at it. A crash at any moment leaves `latest` naming a checkpoint that
@@ -29,6 +31,7 @@ from . import distributed as D
 from .engines import Engine
 
 LATEST = "latest"
+FINISHED = "finished.json"
 _ENGINE_TAG = "ckpt"
 
 
@@ -55,9 +58,12 @@ def set_rng_state(state: Dict) -> None:
 
 
 class CheckpointManager:
-    def __init__(self, root: str, keep: int = 2):
+    def __init__(self, root: str, keep: int = 2, run_config: Optional[Dict] = None):
         self.root = root
         self.keep = max(1, keep)
+        # The run's whole configuration, stored in every checkpoint so that a resume can compare it with
+        # its own (trainers.common.resume_state sets it before the first save).
+        self.run_config = run_config
 
     def latest_tag(self) -> Optional[str]:
         path = os.path.join(self.root, LATEST)
@@ -91,6 +97,8 @@ class CheckpointManager:
         if info.is_main:
             # The rank count is recorded here, not by each trainer, so the resume check below always has it.
             state = {**trainer_state, "world_size": info.world_size}
+            if self.run_config is not None:
+                state["config"] = self.run_config
             write_text_atomic(os.path.join(staging, "trainer_state.json"), json.dumps(state, indent=2))
         D.barrier()
         if info.is_main:
@@ -100,16 +108,26 @@ class CheckpointManager:
         D.barrier()
         return final
 
-    def load(self, engines: Dict[str, Engine], tag: Optional[str] = None) -> Optional[Dict]:
-        """Restore engines and this rank's RNG; return the trainer state (None when there is nothing to
-        resume). Raises when the checkpoint was written by a different number of ranks."""
+    def read_state(self, tag: Optional[str] = None) -> Optional[Dict]:
+        """The trainer state of checkpoint `tag` (default: the latest) without loading any engine, with
+        its tag under `_tag`; None when there is no checkpoint."""
         tag = tag or self.latest_tag()
         if tag is None:
             return None
+        with open(os.path.join(self.root, tag, "trainer_state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        state["_tag"] = tag
+        return state
+
+    def load(self, engines: Dict[str, Engine], tag: Optional[str] = None) -> Optional[Dict]:
+        """Restore engines and this rank's RNG; return the trainer state (None when there is nothing to
+        resume). Raises when the checkpoint was written by a different number of ranks."""
+        state = self.read_state(tag)
+        if state is None:
+            return None
+        tag = state["_tag"]
         info = D.get_info()
         directory = os.path.join(self.root, tag)
-        with open(os.path.join(directory, "trainer_state.json"), encoding="utf-8") as f:
-            state = json.load(f)
         saved_world = state["world_size"]
         if saved_world != info.world_size:
             raise RuntimeError(f"checkpoint {directory} was written by {saved_world} ranks, this run has "
@@ -119,8 +137,29 @@ class CheckpointManager:
         set_rng_state(torch.load(os.path.join(directory, f"rng_rank{info.rank}.pt"), weights_only=False))
         extra_path = os.path.join(directory, f"extra_rank{info.rank}.pt")
         state["_extra"] = torch.load(extra_path, weights_only=False) if os.path.exists(extra_path) else None
-        state["_tag"] = tag
         return state
+
+    # A finished stage's record. Only rank 0 writes or removes it; every rank may read it.
+    def write_finished(self, record: Dict) -> None:
+        """Record that the stage finished (after its outputs are in place). Collective."""
+        if D.get_info().is_main:
+            os.makedirs(self.root, exist_ok=True)
+            write_text_atomic(os.path.join(self.root, FINISHED), json.dumps(record, indent=2))
+        D.barrier()
+
+    def read_finished(self) -> Optional[Dict]:
+        path = os.path.join(self.root, FINISHED)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def clear_finished(self) -> None:
+        """A fresh start of the stage: the earlier run's record no longer describes what is on disk."""
+        if D.get_info().is_main:
+            path = os.path.join(self.root, FINISHED)
+            if os.path.exists(path):
+                os.remove(path)
 
     def tags(self) -> List[str]:
         if not os.path.isdir(self.root):

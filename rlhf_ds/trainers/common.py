@@ -1,16 +1,20 @@
-"""Pieces every trainer uses: batch plans, a resumable sharded sampler, the run context."""
+"""Pieces every trainer uses: batch plans, a resumable sharded sampler, the run context, resume and the
+end of a stage (publishing the best model, recording that the stage finished)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..config import RLHFConfig
+from ..config import ConfigError, ResumeChange, RLHFConfig, build_config, resume_allowed, resume_changes
 from ..engine import DistInfo, all_reduce_max
+from ..engine.checkpoint import FINISHED
+from ..files import replace_dir
 from ..logging import MetricsLogger, PhaseTimer
 
 
@@ -140,16 +144,124 @@ class RunContext:
 
 
 def resume_state(ctx: RunContext, ckpt, engines: Dict[str, object], stage: str, sampler: "ShardedSampler",
-                 position_key: str = "step") -> Optional[Dict]:
+                 position_key: str = "step", config_scope: Optional[Iterable[str]] = None) -> Optional[Dict]:
     """With `--resume`, load `stage`'s latest checkpoint into `engines` and restore what every trainer
     shares: the data position, and the metrics log (lines past the checkpoint are dropped: they will
-    be logged again). Returns the trainer state for the stage's own fields, or None on a fresh start."""
-    if not ctx.cfg.resume:
+    be logged again). Returns the trainer state for the stage's own fields, or None on a fresh start.
+
+    Call it on every start, before the first `ckpt.save`: it gives `ckpt` the run's configuration to
+    store in each checkpoint, and on resume compares the stored one with this run's over the stage's
+    scope (`config_scope`, default `config.RESUME_SCOPE[stage]`). A changed key outside
+    `config.RESUME_ALLOWED` refuses the resume (ConfigError naming the key and both values, before any
+    engine is loaded); an allowed one is applied and logged."""
+    ckpt.run_config = ctx.cfg.to_dict()
+    saved = ckpt.read_state() if ctx.cfg.resume else None
+    changes = [] if saved is None else _check_resume_config(
+        ctx, stage, saved.get("config"), os.path.join(ckpt.root, saved["_tag"]), config_scope)
+    ckpt.clear_finished()   # the stage runs (again): an earlier finished record no longer holds
+    if saved is None:
         return None
-    state = ckpt.load(engines)
-    if state is None:
-        return None
+    for c in changes:
+        ctx.log.info(f"{stage}: resuming with {c.key} changed from {_show(c.saved)} to {_show(c.now)} (applied)")
+    state = ckpt.load(engines, saved["_tag"])
     sampler.load_state_dict(state["sampler"])
     ctx.metrics.truncate_after(stage, state[position_key])
     ctx.log.info(f"{stage}: resumed at {position_key} {state[position_key]} from {state['_tag']}")
     return state
+
+
+def resume_preflight(ctx: RunContext, ckpt, stage: str, outputs: Sequence[str],
+                     config_scope: Optional[Iterable[str]] = None) -> Optional[Dict]:
+    """Call before building any engine. With `--resume`, the result that `stage` returned when it
+    finished (see `mark_finished`): a finished stage is not run again, and its `outputs` stay exactly as
+    they are (a re-launched job, such as a SLURM requeue, passes `--resume` to every stage). Otherwise
+    None, once the configuration has been checked against the latest checkpoint's as in `resume_state`,
+    so that a refused resume loads no model. For a finished stage `config.json` keeps the values its
+    outputs were made with."""
+    if not ctx.cfg.resume:
+        return None
+    record = ckpt.read_finished()
+    if record is None:
+        saved = ckpt.read_state()
+        if saved is not None:   # allowed changes are logged by resume_state, which checks again
+            _check_resume_config(ctx, stage, saved.get("config"), os.path.join(ckpt.root, saved["_tag"]),
+                                 config_scope, warn=False)
+        return None
+    where = os.path.join(ckpt.root, FINISHED)
+    gone = [p for p in outputs if not os.path.isdir(p)]
+    if gone:
+        raise FileNotFoundError(f"{stage} finished earlier ({where}), but its output {gone[0]} is gone; run "
+                                f"without --resume to train the stage again")
+    changes = _check_resume_config(ctx, stage, record.get("config"), where, config_scope)
+    if changes:
+        _record_used_config(ctx, changes)
+        ctx.log.info(f"{stage}: the stage had finished, so nothing applies: " + "; ".join(
+            f"{c.key} stays {_show(c.saved)} (asked {_show(c.now)})" for c in changes))
+    ctx.log.info(f"{stage}: finished earlier at {record.get('position_key', 'step')} {record.get('position')}; "
+                 f"--resume leaves its outputs as they are ({', '.join(outputs)})")
+    return record["result"]
+
+
+def mark_finished(ctx: RunContext, ckpt, stage: str, position: int, result: Dict,
+                  position_key: str = "step") -> None:
+    """Record, once the stage's outputs are in place, that it finished and what it returned. Collective."""
+    ckpt.write_finished({"stage": stage, "position_key": position_key, "position": position, "result": result,
+                         "config": ckpt.run_config if ckpt.run_config is not None else ctx.cfg.to_dict()})
+
+
+def publish_best(out_dir: str, resumed: bool, last: Optional[str] = None) -> None:
+    """Rank 0, at the end of a stage: the best model exported during training (`<out_dir>.best`) becomes
+    `out_dir`, with the directory `last` (if given) moved into it as `last/`.
+
+    A resumed run whose evaluations never beat the best one from before the checkpoint exported no
+    `.best` of its own: that best was already published to `out_dir` by an earlier run, which is kept
+    (only `last/` is replaced). Nothing is deleted before what replaces it exists."""
+    best = out_dir + ".best"
+    if os.path.isdir(best):
+        target = best
+    elif resumed and os.path.isfile(os.path.join(out_dir, "config.json")):
+        target = out_dir
+    else:
+        raise FileNotFoundError(f"{best}: no best model was exported (no evaluation improved on the first "
+                                f"one); {out_dir} is left as it was")
+    if last is not None:
+        replace_dir(last, os.path.join(target, "last"))
+    if target == best:
+        replace_dir(best, out_dir)
+
+
+def _check_resume_config(ctx: RunContext, stage: str, saved: Optional[Dict], where: str,
+                         scope: Optional[Iterable[str]], warn: bool = True) -> List[ResumeChange]:
+    """The allowed changes between `saved` (a checkpoint's configuration) and this run's; raises
+    ConfigError, naming every refused key with both values, when any change is not allowed."""
+    if saved is None:
+        if warn:
+                ctx.log.warning(f"{stage}: {where} does not record its configuration (written by an older "
+                            f"rlhf_ds); changes since then cannot be checked")
+        return []
+    changes = resume_changes(stage, saved, ctx.cfg.to_dict(), scope)
+    refused = [c for c in changes if not c.allowed]
+    if refused:
+        _record_used_config(ctx, changes)   # config.json describes the run on disk, not this refused one
+        raise ConfigError(
+            f"cannot resume {stage} from {where}: " + "; ".join(
+                f"{c.key} was {_show(c.saved)} there, {_show(c.now)} now" for c in refused)
+            + f". Resume with the checkpoint's values or start over without --resume (a resume of {stage} may "
+              f"change only {', '.join(resume_allowed(stage, scope))})")
+    return changes
+
+
+def _record_used_config(ctx: RunContext, changes: List[ResumeChange]) -> None:
+    """Put the checkpoint's values of `changes` back into save_dir/config.json (rank 0), which the
+    pipeline wrote with this run's values before the stage knew they would not be used."""
+    if not ctx.is_main:
+        return
+    used = ctx.cfg.to_dict()
+    for c in changes:
+        section, _, key = c.key.rpartition(".")
+        (used[section] if section else used)[key] = c.saved
+    build_config(base=used, apply_demo_preset=False).save(os.path.join(ctx.cfg.save_dir, "config.json"))
+
+
+def _show(value) -> str:
+    return json.dumps(value)

@@ -7,11 +7,15 @@
    number of prompts over all ranks (InstructGPT's per-prompt weighting for K-wise)
 4. evaluate: preference accuracy over all ranked pairs, mean margin, Kendall tau and Spearman
    rho per prompt (rankings with K > 2)
-5. export the best model (highest eval accuracy) as an AutoModelForSequenceClassification
+5. export the best model (highest eval accuracy; the last one when there is no eval data) as an
+   AutoModelForSequenceClassification
+
+With `--resume`, a stage that had finished is not run again: `reward_model/` stays as it is.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Dict, Optional
 
@@ -19,11 +23,11 @@ import torch
 
 from ..data.dataset import RankingDataset
 from ..engine import CheckpointManager, all_reduce_sum, barrier, build_train_engine, export_pretrained
-from ..files import replace_dir
 from ..logging import progress
 from ..models.scalar_head import ScalarHeadModel
 from ..rl import kendall_tau, kwise_ranking_loss, pairwise_ranking_loss, spearman_rho
-from .common import RunContext, ShardedSampler, eval_batches, plan_batches, resume_state
+from .common import (RunContext, ShardedSampler, eval_batches, mark_finished, plan_batches, publish_best,
+                     resume_preflight, resume_state)
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import lora_settings, scalar_lm
 
@@ -96,6 +100,10 @@ def freeze_backbone(model: ScalarHeadModel) -> int:
 def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional[str] = None) -> Dict[str, float]:
     cfg, c, dist, log = ctx.cfg, ctx.cfg.reward, ctx.dist, ctx.log
     out_dir = out_dir or ctx.path("reward_model")
+    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "reward"))
+    done = resume_preflight(ctx, ckpt, "reward", [out_dir])
+    if done is not None:
+        return done
     # 1. data (a pair is a ranking of two with the chosen first)
     kind = "ranking"     # accepts every preference format too, as rankings of two
     train_recs, eval_recs = train_eval_records(data_path, c.eval_path, kind, c.data_format, cfg.data.skip_invalid,
@@ -103,6 +111,11 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
     train_ds = RankingDataset(train_recs, ctx.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
     eval_ds = RankingDataset(eval_recs, ctx.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
     report_truncation(train_ds, log, "reward train")
+    has_eval = len(eval_ds) > 0
+    if not has_eval:
+        # The best of nothing would be the first model evaluated, its accuracy 0 over no pairs.
+        log.warning(f"reward: no eval data (data.eval_fraction={cfg.data.eval_fraction}, reward.eval_path="
+                    f"{c.eval_path}): no evaluation, and the last model is exported as {out_dir}")
     plan = plan_batches(c.batch_size, c.micro_batch_size, dist.world_size, "reward")
     sampler = ShardedSampler(len(train_ds), c.batch_size, dist.rank, dist.world_size, cfg.seed)
     total = c.max_steps or max(1, int(c.epochs * sampler.batches_per_epoch))
@@ -123,9 +136,10 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
     log.info(f"reward: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})"
              + (", backbone frozen" if c.freeze_reward_backbone else ""))
-    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "reward"))
     state = resume_state(ctx, ckpt, {"reward": engine}, "reward", sampler)
     step, best = (state["step"], state["best_eval_accuracy"]) if state else (0, -1.0)
+    if state is None and dist.is_main:
+        shutil.rmtree(out_dir + ".best", ignore_errors=True)   # left by an earlier run that did not finish
     # 3. train
     bar = progress(total=total, desc="reward", enabled=ctx.progress_enabled, initial=step)
     t0, last_eval = time.time(), {}
@@ -147,7 +161,7 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
         metrics = {"loss": float(totals[0]), "accuracy": float(totals[1]), "margin": float(totals[2]),
                    "lr": engine.lr}
         # 4. evaluate, keep the best
-        if step % eval_every == 0 or step == total:
+        if has_eval and (step % eval_every == 0 or step == total):
             last_eval = evaluate_reward(engine, eval_ds, plan.micro, dist)
             metrics.update(last_eval)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{last_eval['eval_accuracy']:.3f}")
@@ -161,10 +175,20 @@ def train_reward(ctx: RunContext, init_path: str, data_path: str, out_dir: Optio
             ckpt.save(f"step{step}", {"reward": engine}, {"step": step, "best_eval_accuracy": best,
                                                           "sampler": sampler.state_dict()})
     bar.close()
-    # 5. export the best
+    # 5. export the best (the last model without eval data)
+    if not has_eval:
+        export_pretrained(engine, "model", out_dir + ".best", ctx.tokenizer,
+                          {"stage": "reward", "step": step, "selected": "last, no eval data"})
     if dist.is_main:
-        replace_dir(out_dir + ".best", out_dir)
+        publish_best(out_dir, resumed=state is not None)
     barrier()
     engine.destroy()
-    log.info(f"reward: done in {time.time() - t0:.0f}s, best eval accuracy {best:.3f}")
-    return {"rm_eval_accuracy": best, "rm_steps": step, **{f"rm_{k}": v for k, v in last_eval.items()}}
+    result = {"rm_steps": step}
+    if has_eval:
+        result.update({f"rm_{k}": v for k, v in last_eval.items()})
+        result["rm_eval_accuracy"] = best   # the exported model's, not the last evaluation's
+        log.info(f"reward: done in {time.time() - t0:.0f}s, best eval accuracy {best:.3f}")
+    else:
+        log.info(f"reward: done in {time.time() - t0:.0f}s, no evaluation: the last model (step {step}) is {out_dir}")
+    mark_finished(ctx, ckpt, "reward", step, result)
+    return result

@@ -4,12 +4,16 @@
 2. build the policy engine (ZeRO-3 shards from the first allocation)
 3. for each global batch: micro-batches, loss = sum of target-token NLL / global target tokens
 4. evaluate loss and perplexity every `eval_interval` steps (and at each epoch end)
-5. export the best model (lowest eval loss) to `sft/` and the last one to `sft/last/`
+5. export the best model (lowest eval loss; the last one when there is no eval data) to `sft/` and the
+   last one to `sft/last/`
+
+With `--resume`, a stage that had finished is not run again: `sft/` stays as it is.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from typing import Dict, Optional
 
@@ -17,10 +21,10 @@ import torch
 
 from ..data.dataset import SFTDataset
 from ..engine import CheckpointManager, all_reduce_sum, barrier, build_train_engine, export_pretrained
-from ..files import replace_dir
 from ..logging import progress
 from ..models.policy import PolicyModel
-from .common import RunContext, ShardedSampler, eval_batches, plan_batches, resume_state
+from .common import (RunContext, ShardedSampler, eval_batches, mark_finished, plan_batches, publish_best,
+                     resume_preflight, resume_state)
 from .data_prep import report_truncation, train_eval_records
 from .lora_setup import causal_lm, lora_settings
 from .ops import token_ops
@@ -54,12 +58,21 @@ def evaluate_sft(engine, dataset, micro: int, dist) -> Dict[str, float]:
 def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional[str] = None) -> Dict[str, float]:
     cfg, c, dist, log = ctx.cfg, ctx.cfg.sft, ctx.dist, ctx.log
     out_dir = out_dir or ctx.path("sft")
+    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "sft"))
+    done = resume_preflight(ctx, ckpt, "sft", [out_dir])
+    if done is not None:
+        return done
     # 1. data
     train_recs, eval_recs = train_eval_records(data_path, c.eval_path, "sft", c.data_format, cfg.data.skip_invalid,
                                                cfg.data.eval_fraction, cfg.seed, log, "sft data")
     train_ds = SFTDataset(train_recs, ctx.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
     eval_ds = SFTDataset(eval_recs, ctx.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
     report_truncation(train_ds, log, "sft train")
+    has_eval = len(eval_ds) > 0
+    if not has_eval:
+        # The best of nothing would be the first model evaluated, and its loss a mean over no tokens.
+        log.warning(f"sft: no eval data (data.eval_fraction={cfg.data.eval_fraction}, sft.eval_path="
+                    f"{c.eval_path}): no evaluation, and the last model is exported as {out_dir}")
     plan = plan_batches(c.batch_size, c.micro_batch_size, dist.world_size, "sft")
     sampler = ShardedSampler(len(train_ds), c.batch_size, dist.rank, dist.world_size, cfg.seed)
     total = c.max_steps or max(1, int(c.epochs * sampler.batches_per_epoch))
@@ -75,9 +88,10 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
         source=str(cfg.deepspeed.config), lr_overrides=lora_settings(cfg).lr_overrides())
     log.info(f"sft: {len(train_ds)} train / {len(eval_ds)} eval records, {total} steps of {c.batch_size} "
              f"({plan.world} ranks x {plan.grad_accum} x {plan.micro})")
-    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", "sft"))
     state = resume_state(ctx, ckpt, {"sft": engine}, "sft", sampler)
     step, best = (state["step"], state["best_eval_loss"]) if state else (0, float("inf"))
+    if state is None and dist.is_main:
+        shutil.rmtree(out_dir + ".best", ignore_errors=True)   # left by an earlier run that did not finish
     # 3. train
     bar = progress(total=total, desc="sft", enabled=ctx.progress_enabled, initial=step)
     t0, tokens_seen, last_eval = time.time(), 0, {}
@@ -101,7 +115,7 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
         if engine.global_grad_norm is not None:
             metrics["grad_norm"] = engine.global_grad_norm
         # 4. evaluate, keep the best
-        if step % eval_every == 0 or step == total:
+        if has_eval and (step % eval_every == 0 or step == total):
             last_eval = evaluate_sft(engine, eval_ds, plan.micro, dist)
             metrics.update(last_eval)
             bar.set_postfix(loss=f"{train_loss:.3f}", eval=f"{last_eval['eval_loss']:.3f}")
@@ -116,12 +130,24 @@ def train_sft(ctx: RunContext, init_path: str, data_path: str, out_dir: Optional
             ckpt.save(f"step{step}", {"sft": engine}, {"step": step, "best_eval_loss": best,
                                                        "sampler": sampler.state_dict()})
     bar.close()
-    # 5. export: the best model becomes sft/, the last one sft/last/
-    export_pretrained(engine, "lm", os.path.join(out_dir + ".best", "last"), ctx.tokenizer,
-                      {"stage": "sft", "step": step, **last_eval})
+    # 5. export: the best model becomes sft/ (the last one without eval data), the last one sft/last/
+    meta = {"stage": "sft", "step": step, **last_eval}
+    if has_eval:
+        export_pretrained(engine, "lm", out_dir + ".last", ctx.tokenizer, meta)
+    else:
+        export_pretrained(engine, "lm", out_dir + ".best", ctx.tokenizer, {**meta, "selected": "last, no eval data"})
     if dist.is_main:
-        replace_dir(out_dir + ".best", out_dir)
+        if not has_eval:
+            shutil.rmtree(out_dir + ".last", ignore_errors=True)
+            shutil.copytree(out_dir + ".best", out_dir + ".last")
+        publish_best(out_dir, resumed=state is not None, last=out_dir + ".last")
     barrier()
     engine.destroy()
-    log.info(f"sft: done in {time.time() - t0:.0f}s, best eval loss {best:.4f} (ppl {math.exp(min(best, 50)):.2f})")
-    return {"sft_eval_loss": best, "sft_eval_ppl": math.exp(min(best, 50.0)), "sft_steps": step}
+    result = {"sft_steps": step}
+    if has_eval:
+        result.update(sft_eval_loss=best, sft_eval_ppl=math.exp(min(best, 50.0)))
+        log.info(f"sft: done in {time.time() - t0:.0f}s, best eval loss {best:.4f} (ppl {result['sft_eval_ppl']:.2f})")
+    else:
+        log.info(f"sft: done in {time.time() - t0:.0f}s, no evaluation: the last model (step {step}) is {out_dir}")
+    mark_finished(ctx, ckpt, "sft", step, result)
+    return result
