@@ -27,6 +27,6 @@ def test_extra_columns_become_reward_columns(tmp_path, fmt):
     records = load_prompts(str(path)).records
     assert [r.messages[-1].content for r in records] == [r["prompt"] for r in ROWS]
     cols = columns_from_meta([r.meta for r in records], repeat=2)
-    # CSV has no types: pandas reads the answer column back as integers.
-    answers = [5, 5, 3, 3] if fmt == "csv" else ["5", "5", "3", "3"]
-    assert cols == {"answer": answers, "level": [1, 1, 2, 2]}
+    # CSV has no types: every cell comes back as the text it holds (rlhf_ds/data/readers.py).
+    levels = ["1", "1", "2", "2"] if fmt == "csv" else [1, 1, 2, 2]
+    assert cols == {"answer": ["5", "5", "3", "3"], "level": levels}
