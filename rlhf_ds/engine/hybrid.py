@@ -45,19 +45,19 @@ class GenerationSettings:
 def sampling_config(settings: GenerationSettings, eos_token_id: int, pad_token_id: int):
     """A `transformers.GenerationConfig` that states every choice of the sampling distribution.
 
-    Under it `generate` runs no logits processor beyond temperature, top-k and top-p as given and
-    `min_new_tokens`' EOS suppression (which PolicyModel can apply when scoring); top_k=0 is stated
-    as 0, since an unset top_k falls back to transformers' default of 50."""
+    Held as the model's only generation config (`_only_generation_config`), it lets `generate` run no
+    logits processor beyond temperature, top-k and top-p as given and `min_new_tokens`' EOS
+    suppression (which PolicyModel can apply when scoring); top_k=0 is stated as 0, since an unset
+    top_k falls back to transformers' default of 50."""
     from transformers import GenerationConfig
 
-    sample = settings.do_sample
+    # Greedy: no sampling flag at all (generate applies none without do_sample, and warns about any).
+    warpers = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k) \
+        if settings.do_sample else {}
     return GenerationConfig(
-        max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens, do_sample=sample,
+        max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens, do_sample=settings.do_sample,
         num_beams=1, num_return_sequences=1, use_cache=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        # Greedy: explicitly neutral, so that no warning mentions sampling flags.
-        temperature=settings.temperature if sample else 1.0, top_p=settings.top_p if sample else 1.0,
-        top_k=settings.top_k if sample else 0,
-    )
+        **warpers)
 
 
 @contextlib.contextmanager
