@@ -4,6 +4,7 @@ weights trained too (`only_optimize_lora=false`) there is no adapter, and `rlhf_
 import json
 import os
 
+import pytest
 import torch
 
 from rlhf_ds.engine import export_pretrained
@@ -44,7 +45,8 @@ def metadata(out):
         return json.load(f)
 
 
-def test_grown_vocabulary_adapter_carries_the_embeddings(dist, base_dir, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_grown_vocabulary_adapter_carries_the_embeddings(dist, base_dir, tmp_path, stage):
     from peft import AutoPeftModelForCausalLM, PeftModel
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,7 +54,7 @@ def test_grown_vocabulary_adapter_carries_the_embeddings(dist, base_dir, tmp_pat
     tok = grown_tokenizer(base_dir)
     base_rows = AutoModelForCausalLM.from_pretrained(base_dir).get_input_embeddings().weight.shape[0]
     assert len(tok) == base_rows + 1
-    actor = train_engine("actor", lambda: PolicyModel(load_lm(base_dir, "actor", lora(), tokenizer=tok)), 2)
+    actor = train_engine("actor", lambda: PolicyModel(load_lm(base_dir, "actor", lora(), tokenizer=tok)), stage)
     train(actor, tok, "logprobs")
     out = str(tmp_path / "sft")
     export_pretrained(actor, "lm", out, tok, {"stage": "test"})
