@@ -32,6 +32,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rlhf_ds", "rlhf_ds.*"]) + ["rlhf_kernels"],
     package_dir={"rlhf_kernels": "kernels"},
+    # The DeepSpeed configs travel inside the package, so `--deepspeed zero3` works in any install
+    # (configs/*.json in the repository link to these files).
+    package_data={"rlhf_ds.ds_configs": ["*.json"]},
     install_requires=install_requires,
     extras_require={
         "test": ["pytest>=8.0"],

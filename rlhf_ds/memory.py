@@ -40,10 +40,13 @@ def _read_json(path: str) -> Dict:
 def resolve_ds_config(path: Optional[str]) -> Dict:
     if path is None:
         return {"zero_optimization": {"stage": 3}}
-    for candidate in (path, os.path.join(REPO, path)):
-        if os.path.isfile(candidate):
-            return _read_json(candidate)
-    raise MemoryEstimateError(f"DeepSpeed config not found: {path}")
+    from .ds_configs import resolve
+    from .errors import PathNotFoundError
+
+    try:
+        return _read_json(resolve(path))   # a file, or a shipped config by name (zero3): from any directory
+    except PathNotFoundError as e:
+        raise MemoryEstimateError(str(e)) from None
 
 
 def find_architecture(cfg, explicit: Optional[str] = None) -> Tuple[Architecture, str]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from typing import Any, Dict
 
 import torch
+
+from .. import ds_configs
+from ..errors import UserError
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 # Optimizer and scheduler are built by the trainers (AdamW, warm-up + decay), so a JSON
@@ -21,26 +23,24 @@ REFUSED_KEYS = ("scheduler",)
 
 
 def load_ds_config(path_or_dict: Any) -> Dict[str, Any]:
-    """Read a DeepSpeed config from a JSON path or a dict (copied). None gives ZeRO-3 defaults."""
+    """Read a DeepSpeed config from a JSON path, a shipped config's short name (`zero3`, see
+    rlhf_ds/ds_configs) or a dict (copied). None gives ZeRO-3 defaults."""
     if path_or_dict is None:
         return {"zero_optimization": {"stage": 3}}
     if isinstance(path_or_dict, dict):
         return copy.deepcopy(path_or_dict)
-    path = str(path_or_dict)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"DeepSpeed config not found: {path} (give --deepspeed configs/zero3.json "
-                                f"or a path of your own)")
+    path = ds_configs.resolve(str(path_or_dict))
     with open(path, encoding="utf-8") as f:
         try:
             cfg = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+            raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: a DeepSpeed config must be a JSON object")
+        raise UserError(f"{path}: a DeepSpeed config must be a JSON object")
     for key in REFUSED_KEYS:
         if key in cfg:
-            raise ValueError(f"{path}: key {key!r} is not used by rlhf_ds (the schedule comes from the run "
-                             f"config: warmup_ratio, lr_scheduler); remove it")
+            raise UserError(f"{path}: key {key!r} is not used by rlhf_ds (the schedule comes from the run "
+                            f"config: warmup_ratio, lr_scheduler); remove it")
     return cfg
 
 
@@ -64,8 +64,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def _set_batch(cfg: Dict[str, Any], key: str, value: int, source: str) -> None:
     old = cfg.get(key, "auto")
     if old not in ("auto", None) and int(old) != value:
-        raise ValueError(f"DeepSpeed config {source}: {key}={old} contradicts the run ({key}={value}); set it "
-                         f"to \"auto\" or remove it, and size batches in the run config")
+        raise UserError(f"DeepSpeed config {source}: {key}={old} contradicts the run ({key}={value}); set it "
+                        f"to \"auto\" or remove it, and size batches in the run config")
     cfg[key] = value
 
 
