@@ -65,13 +65,12 @@ def _pipeline(argv: List[str], prog: str):
 
 
 def _user_errors():
-    """Errors that are the user's to fix (config, data, memory, missing models, a reward function or
-    endpoint that fails on real data): printed as one line, exit status 2, no traceback."""
-    from .data.records import DataFormatError
-    from .memory import OutOfMemoryRefusal
-    from .rewards.base import RewardSourceError
+    """Errors that are the user's to fix (config, data, model paths, LoRA targets, memory, a reward function
+    or endpoint that fails on real data): printed as one line, exit status 2, no traceback. The list is
+    rlhf_ds.errors.user_error_types, shared with launch/evaluate.py and launch/chat.py."""
+    from .errors import user_error_types
 
-    return (ConfigError, DataFormatError, OutOfMemoryRefusal, FileNotFoundError, RewardSourceError)
+    return user_error_types()
 
 
 def _run(prog: str, argv: Optional[List[str]], stages) -> None:

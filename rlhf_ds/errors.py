@@ -41,9 +41,10 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     from .lora_settings import LoRAConfigError
     from .memory import OutOfMemoryRefusal
     from .memory_estimate import MemoryEstimateError
+    from .rewards.base import RewardSourceError   # a reward function or endpoint that fails on real data
 
     return (UserError, ConfigError, DataFormatError, ChatTemplateError, LoRAConfigError, MemoryEstimateError,
-            QuantizedStageError, OutOfMemoryRefusal, FileNotFoundError)
+            QuantizedStageError, OutOfMemoryRefusal, RewardSourceError, FileNotFoundError)
 
 
 @contextlib.contextmanager

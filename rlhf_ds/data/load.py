@@ -24,6 +24,7 @@ from rlhf_ds.data.formats import (ACCEPTS, FORMATS, FieldError, Format, check_ki
                                   detect, detect_one, get_format)
 from rlhf_ds.data.readers import RawRow, read_rows
 from rlhf_ds.data.records import DataFormatError, InvalidRecord, LoadResult
+from rlhf_ds.errors import DataError, UserError
 
 
 def _plain_text(row: RawRow) -> Optional[str]:
@@ -63,10 +64,10 @@ def load_records(source, kind: Optional[str] = None, format: Optional[str] = Non
     check_kind(kind)
     fmt: Optional[Format] = get_format(format) if format else None
     if fmt is not None and kind is not None and fmt.kind not in ACCEPTS[kind]:
-        raise ValueError(f"format {fmt.name!r} holds {fmt.kind} data, which cannot be loaded as {kind}")
+        raise UserError(f"format {fmt.name!r} holds {fmt.kind} data, which cannot be loaded as {kind}")
     raw = read_rows(source, split=split, cache_dir=cache_dir, **load_kwargs)
     if not raw.rows:
-        raise ValueError(f"{raw.source}: no records found ({raw.blank_lines} blank lines)")
+        raise DataError(f"{raw.source}: no records found ({raw.blank_lines} blank lines)")
 
     texts_ok = kind in (None, "prompt")
     if fmt is None:

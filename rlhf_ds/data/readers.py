@@ -38,6 +38,7 @@ import os
 from typing import Any, Callable, List, Optional
 
 from rlhf_ds.data.records import DataFormatError, Location
+from rlhf_ds.errors import DataError
 
 JSON_SUFFIXES = (".json", ".jsonl")
 FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".csv", ".parquet")
@@ -75,8 +76,8 @@ def read_rows(source, split: str = "train", cache_dir: Optional[str] = None,
             return _read_csv(path)
         if suffix == ".parquet":
             return _read_with_datasets(path, "parquet", cache_dir)
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; "
-                         f"expected one of {', '.join(FILE_SUFFIXES)} or a dataset directory")
+        raise DataError(f"{path}: unsupported file type {suffix!r}; "
+                        f"expected one of {', '.join(FILE_SUFFIXES)} or a dataset directory")
     if path.lower().endswith(FILE_SUFFIXES) or os.sep in path and not _looks_like_hub_name(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     return _read_hub(path, split, cache_dir, load_kwargs)
@@ -308,7 +309,7 @@ def _read_dataset_dir(path: str, split: str, cache_dir, load_kwargs) -> RawRows:
             ds = datasets.load_from_disk(path)
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    raise ValueError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
+                    raise DataError(f"{path}: no split {split!r}; splits: {', '.join(ds)}")
                 ds = ds[split]
         else:
             ds = datasets.load_dataset(path, split=split, cache_dir=cache_dir, **load_kwargs)

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from ..data.special_tokens import ensure_pad_token
+from ..errors import UserError
 
 
 def quiet_transformers() -> None:
@@ -35,6 +36,12 @@ def check_local_path(path: str, what: str, needs: tuple) -> None:
         raise FileNotFoundError(f"{what} not found: {path} is neither a directory nor a hub id (org/name)")
 
 
+def check_model_path(path: str) -> None:
+    """A local model directory must hold a config.json: without it transformers fails with a message about
+    `model_type` keys. Hub ids pass through."""
+    check_local_path(path, "model", ("config.json",))
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     """A tokenizer with a pad token distinct from EOS (added when missing)."""
     from transformers import AutoTokenizer
@@ -49,8 +56,8 @@ def _attn_kwargs(attn_implementation: str):
     if attn_implementation in (None, "auto"):
         return {}
     if attn_implementation == "flash_attention_2" and not torch.cuda.is_available():
-        raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
-                         "package (pip install -e '.[gpu]'); use sdpa or eager on CPU")
+        raise UserError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn "
+                        "package (pip install -e '.[gpu]'); use sdpa or eager on CPU")
     return {"attn_implementation": attn_implementation}
 
 
@@ -80,6 +87,7 @@ def load_causal_lm(path: str, dtype: torch.dtype = torch.float32, tokenizer=None
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    check_model_path(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                  **_attn_kwargs(attn_implementation))
     _align_special_tokens(model, tokenizer)
@@ -96,6 +104,7 @@ def load_scalar_model(path: str, dtype: torch.dtype = torch.float32, tokenizer=N
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
+    check_model_path(path)
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
         **_attn_kwargs(attn_implementation))
@@ -116,8 +125,8 @@ def mark_new_score_head(model, loading_info: dict) -> None:
 
 def check_pad_token(model, path: str) -> None:
     if model.config.pad_token_id is None:
-        raise ValueError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS (scores of a "
-                         f"padded batch would otherwise be read at the wrong token)")
+        raise UserError(f"{path}: the reward model has no pad_token_id; set one distinct from EOS (scores of a "
+                        f"padded batch would otherwise be read at the wrong token)")
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..lora_settings import LoRAConfigError, LoRASettings, check_lora_config
-from .loading import (_align_special_tokens, _attn_kwargs, check_pad_token, enable_gradient_checkpointing,
-                      mark_new_score_head, quiet_transformers)
+from .loading import (_align_special_tokens, _attn_kwargs, check_model_path, check_pad_token,
+                      enable_gradient_checkpointing, mark_new_score_head, quiet_transformers)
 from .quantization import bnb_config, compute_dtype_of, disable_cpu_repack, is_4bit_param
 from .scalar_head import ScalarHeadModel
 
@@ -132,6 +132,7 @@ def _default_device() -> torch.device:
 def _from_pretrained(auto_cls, path: str, role: str, lora: LoRASettings, dtype: torch.dtype, quantize: bool,
                      device: Optional[torch.device], attn_implementation: str, trust_remote_code: bool, **extra):
     quiet_transformers()
+    check_model_path(path)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **_attn_kwargs(attn_implementation), **extra)
     if quantize:
         from transformers.integrations import is_deepspeed_zero3_enabled

@@ -14,6 +14,7 @@ import torch
 from ..config import ConfigError, ResumeChange, RLHFConfig, build_config, resume_allowed, resume_changes
 from ..engine import DistInfo, all_reduce_max
 from ..engine.checkpoint import FINISHED
+from ..errors import DataError, UserError
 from ..files import replace_dir
 from ..logging import MetricsLogger, PhaseTimer
 
@@ -35,12 +36,12 @@ def plan_batches(global_batch: int, micro_batch: int, world: int, what: str) -> 
     """Split `global_batch` over `world` ranks in micro-batches of `micro_batch` (0: one per rank).
     Raises with the numbers when they do not divide."""
     if global_batch % world:
-        raise ValueError(f"{what}: batch size {global_batch} is not divisible by the {world} ranks")
+        raise UserError(f"{what}: batch size {global_batch} is not divisible by the {world} ranks")
     per_rank = global_batch // world
     micro = micro_batch or per_rank
     if micro > per_rank or per_rank % micro:
-        raise ValueError(f"{what}: {per_rank} rows per rank (batch {global_batch} / {world} ranks) cannot be "
-                         f"split into micro-batches of {micro}; choose a micro_batch_size that divides it")
+        raise UserError(f"{what}: {per_rank} rows per rank (batch {global_batch} / {world} ranks) cannot be "
+                        f"split into micro-batches of {micro}; choose a micro_batch_size that divides it")
     return BatchPlan(global_batch=global_batch, micro=micro, grad_accum=per_rank // micro, world=world)
 
 
@@ -55,7 +56,7 @@ class ShardedSampler:
 
     def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int, shuffle: bool = True):
         if size < global_batch:
-            raise ValueError(f"dataset of {size} records is smaller than one global batch of {global_batch}")
+            raise DataError(f"dataset of {size} records is smaller than one global batch of {global_batch}")
         self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
@@ -92,9 +93,9 @@ class ShardedSampler:
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         if state.get("size") != self.size or state.get("global_batch") != self.global_batch:
-            raise ValueError(f"cannot resume: the checkpoint's data had {state.get('size')} records in batches of "
-                             f"{state.get('global_batch')}, this run has {self.size} in batches of "
-                             f"{self.global_batch}")
+            raise UserError(f"cannot resume: the checkpoint's data had {state.get('size')} records in batches of "
+                            f"{state.get('global_batch')}, this run has {self.size} in batches of "
+                            f"{self.global_batch}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
 

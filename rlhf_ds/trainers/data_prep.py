@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..config_schema import ConfigError
+from ..errors import DataError
 from ..data.load import load_records
 from ..data.readers import split_names
 
@@ -104,8 +105,8 @@ def split_records(records: List, eval_fraction: float, seed: int, min_eval: int 
     n = len(records)
     n_eval = max(min_eval, int(round(n * eval_fraction))) if eval_fraction > 0 else 0
     if n_eval >= n:
-        raise ValueError(f"cannot hold out {n_eval} of {n} records for evaluation; lower data.eval_fraction "
-                         f"or give an eval_path")
+        raise DataError(f"cannot hold out {n_eval} of {n} records for evaluation; lower data.eval_fraction "
+                        f"or give an eval_path")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(order[:n_eval])
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
