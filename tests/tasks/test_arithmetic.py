@@ -167,3 +167,30 @@ def test_tokenizer_round_trips_questions_and_answers(prepared):
     chat = tok.apply_chat_template([{"role": "user", "content": "1 + 1 = ?"}], tokenize=False,
                                    add_generation_prompt=True)
     assert chat.endswith("<|assistant|>")
+
+
+def test_preset_is_a_valid_config_layer(tmp_path):
+    from rlhf_ds.config import load_config
+    from rlhf_ds.tasks.arithmetic import PRESET
+
+    cfg = load_config({**PRESET, "model": {"name_or_path": str(tmp_path)}})
+    assert [s.label() for s in cfg.rewards.sources] == ["exact_match", "format_reward"]
+    assert cfg.data.max_length == PRESET["data"]["max_length"]
+
+
+def test_preset_lengths_fit_every_question_and_response(prepared):
+    from transformers import AutoTokenizer
+
+    from rlhf_ds.tasks.arithmetic import PRESET
+
+    tok = AutoTokenizer.from_pretrained(prepared[1]["tokenizer"])
+    prompts = [q.text for split in ("train", "eval") for q in questions(split)]
+    rendered = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    longest_prompt = max(len(tok.encode(text, add_special_tokens=False)) for text in rendered)
+    assert longest_prompt > 8                   # counts tokens, not the keys of an encoding
+    longest_response = max(len(tok.encode(r["response"], add_special_tokens=False)) + 1      # + eos
+                           for r in ArithmeticTask(0).sft_records(3000))
+    assert longest_prompt <= PRESET["data"]["max_prompt_length"]
+    assert longest_response <= PRESET["generation"]["max_new_tokens"]
+    assert longest_prompt + longest_response <= PRESET["data"]["max_length"]

@@ -74,7 +74,7 @@ class ArithmeticTask:
         return [{"prompt": q.text, "answer": str(q.answer)} for q in (pool[i % len(pool)] for i in range(n))]
 
 
-DEFAULT_SIZES: Dict[str, int] = {"sft": 6000, "prompts": 2000, "eval_prompts": len(questions("eval"))}
+DEFAULT_SIZES: Dict[str, int] = {"sft": 4000, "prompts": 2000, "eval_prompts": len(questions("eval"))}
 
 
 def write_arithmetic_data(out_dir: str, seed: int = 0, **sizes: int) -> Dict[str, str]:

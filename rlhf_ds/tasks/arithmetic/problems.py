@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Tuple
 
-MAX_OPERAND = 15
+MAX_OPERAND = 9
 OPS = ("+", "-")
 TEMPLATES = {
     "+": ("what is {a} + {b}?", "compute {a} plus {b}.", "add {a} and {b}.", "{a} + {b} = ?"),
     "-": ("what is {a} - {b}?", "compute {a} minus {b}.", "subtract {b} from {a}.", "{a} - {b} = ?"),
 }
 # Share of the facts that have one phrasing held out (the eval questions).
-EVAL_FACT_SHARE = 0.3
+EVAL_FACT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
