@@ -8,6 +8,7 @@ step (all ranks, all micro-batches), sequence-level ones by `num_pairs` /
 `num_groups`; see `reduction.py`. Omitted, they default to the local count.
 """
 from .dpo import DPO_LOSS_TYPES, dpo_loss
+from .kto import kto_loss, kto_reference_point
 from .entropy import entropy_from_logits
 from .advantages import ADVANTAGE_ESTIMATORS, AdvantageEstimator, advantage_estimator
 from .gae import gae
@@ -36,7 +37,7 @@ __all__ = [
     # advantages: the estimator registry, and the pieces it is made of
     "AdvantageEstimator", "advantage_estimator", "gae", "grpo_advantages", "rloo_advantages",
     # losses
-    "ppo_policy_loss", "value_loss", "explained_variance", "dpo_loss",
+    "ppo_policy_loss", "value_loss", "explained_variance", "dpo_loss", "kto_loss", "kto_reference_point",
     "pairwise_ranking_loss", "kwise_ranking_loss",
     # evaluation
     "kendall_tau", "spearman_rho", "ranking_metrics",
