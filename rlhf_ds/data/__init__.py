@@ -1,6 +1,6 @@
 """Data: files -> normalised records -> tokenized examples -> padded batches.
 
-    records.py        Message, SFTRecord, PreferenceRecord, RankingRecord, PromptRecord,
+    records.py        Message, SFTRecord, PreferenceRecord, RankingRecord, UnpairedRecord, PromptRecord,
                       Location, DataFormatError, LoadResult
     readers.py        raw rows with file:line from jsonl/json/txt/csv/parquet/datasets
     messages.py       field checks, message lists, Anthropic-HH splitting
@@ -19,7 +19,7 @@ Names are imported lazily, so the checker and the loaders start without torch.
 import importlib
 
 _EXPORTS = {
-    "records": ["Message", "SFTRecord", "PreferenceRecord", "RankingRecord", "PromptRecord",
+    "records": ["Message", "SFTRecord", "PreferenceRecord", "RankingRecord", "UnpairedRecord", "PromptRecord",
                 "Location", "DataFormatError", "InvalidRecord", "LoadResult", "KINDS"],
     "formats": ["FORMATS"],
     "load": ["load_records", "load_sft", "load_preferences", "load_rankings", "load_prompts"],

@@ -1,14 +1,15 @@
 """Check a data file before training on it.
 
-    python -m rlhf_ds.data.check PATH [--kind sft|preference|ranking|prompt] [--format NAME]
+    python -m rlhf_ds.data.check PATH [--kind sft|preference|ranking|unpaired|prompt] [--format NAME]
         [--tokenizer DIR] [--chat-template plain] [--max-length N] [--max-prompt-length N]
         [--split train] [--skip-invalid] [--json]
 
 Prints the detected kind and format, the number of valid records, every invalid
 record as `file:line: reason`, and, with a tokenizer, token-length statistics
 (min/mean/p50/p95/max of the prompt and of the full sequence: prompt + response,
-one per response for preference/ranking data) and, with `--max-length` /
-`--max-prompt-length`, how many records would be truncated.
+one per response for preference/ranking data, prompt + completion for unpaired KTO
+data) and, with `--max-length` / `--max-prompt-length`, how many records would be
+truncated.
 
 `--json` prints exactly one JSON object: `source`, `kind`, `format`, `records`
 (valid count), `invalid` (list of `{line, unit, where, error}`), `blank_lines`,
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 from rlhf_ds.data.formats import FORMATS
 from rlhf_ds.data.load import load_records
-from rlhf_ds.data.records import KINDS, DataFormatError, LoadResult
+from rlhf_ds.data.records import KINDS, DataFormatError, LoadResult, UnpairedRecord
 
 EXIT_OK, EXIT_INVALID, EXIT_FATAL = 0, 1, 2
 
@@ -59,8 +60,9 @@ def token_report(result: LoadResult, tokenizer_dir: str, chat_template: Optional
         if result.kind == "sft":
             ex, st = tokenize_sft(result.records, formatter, limit, prompt_limit)
             return [e.prompt_length for e in ex], [len(e.input_ids) for e in ex], st
-        if result.kind in ("preference", "ranking"):
-            ex, st = tokenize_ranking(result.records, formatter, limit, prompt_limit)
+        if result.kind in ("preference", "ranking", "unpaired"):
+            records = [r.to_ranking() if isinstance(r, UnpairedRecord) else r for r in result.records]
+            ex, st = tokenize_ranking(records, formatter, limit, prompt_limit)
             return ([len(e.prompt_ids) for e in ex],
                     [len(e.prompt_ids) + len(r) for e in ex for r in e.responses], st)
         ex, st = tokenize_prompts(result.records, formatter, prompt_limit)

@@ -10,6 +10,7 @@
     hh                        preference  {chosen, rejected}: whole "\\n\\nHuman: ..." dialogues
     chat_pair                 preference  {chosen, rejected}: whole message lists, shared prompt
     ranking                   ranking     {prompt, responses: [...], ranks?: [...]}
+    kto                       unpaired    {prompt, completion, label}: label true = desirable (KTO)
     prompt_text               prompt      "a JSON string" or a plain text line
     prompt_field              prompt      {prompt, ...other fields kept as meta}
     prompt_messages           prompt      {messages} ending with a user turn
@@ -23,7 +24,8 @@ or absent; the user turn is then the instruction alone, else `instruction + "\\n
 input`. K-wise `ranks` (0 = best, ties allowed) must be non-negative integers, one
 per response; without `ranks` the responses are taken as already ordered best first.
 Ranks are re-numbered densely after sorting, so `[2, 5, 5]` becomes `[0, 1, 1]`.
-The three prompt shapes may be mixed in one file.
+The three prompt shapes may be mixed in one file. A KTO `label` is true or false (JSON
+booleans, or the text true/false/1/0 that CSV cells hold).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from rlhf_ds.data import messages as M
 from rlhf_ds.data.records import (KINDS, PreferenceRecord, PromptRecord, RankingRecord, Record,
-                                  SFTRecord, user)
+                                  SFTRecord, UnpairedRecord, user)
 
 FieldError = M.FieldError
 
@@ -167,6 +169,28 @@ def _ranking(row) -> RankingRecord:
                          M.optional_margin(row))
 
 
+# -------------------------------------------------------------- unpaired
+
+_LABELS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _label(row: Mapping) -> bool:
+    value = M.require(row, "label")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABELS:
+        return _LABELS[value.strip().lower()]
+    raise FieldError(f"field 'label': expected true (desirable) or false (undesirable), got {value!r}")
+
+
+def _kto(row) -> UnpairedRecord:
+    row = _obj(row)
+    prompt = M.prompt_messages(row, "prompt")
+    return UnpairedRecord(prompt, M.response_messages(row, "completion", prompt), _label(row))
+
+
 # ---------------------------------------------------------------- prompts
 
 def _meta(row: Mapping, used: Tuple[str, ...]) -> Dict[str, Any]:
@@ -202,6 +226,8 @@ FORMATS: Dict[str, Format] = {f.name: f for f in [
     Format("chat_pair", "preference", lambda r: _has(r, "chosen", "rejected", without=("prompt", "question"))
            and isinstance(r["chosen"], list), _chat_pair, ("chosen", "rejected")),
     Format("ranking", "ranking", lambda r: _has(r, "prompt", "responses"), _ranking, ("prompt",)),
+    Format("kto", "unpaired", lambda r: _has(r, "prompt", "completion", "label"), _kto,
+           ("prompt", "completion", "label")),
     Format("prompt_response", "sft", lambda r: _has(r, "prompt", "response"), _prompt_response, ("prompt",)),
     Format("alpaca", "sft", lambda r: _has(r, "instruction", "output"), _alpaca, ("instruction", "input")),
     Format("chat", "sft", lambda r: _has(r, "messages") and _last_role(r, "messages") == "assistant",
@@ -218,7 +244,8 @@ ACCEPTS = {
     "sft": ("sft",),
     "preference": ("preference",),
     "ranking": ("ranking", "preference"),
-    "prompt": ("prompt", "sft", "preference", "ranking"),
+    "unpaired": ("unpaired",),
+    "prompt": ("prompt", "sft", "preference", "ranking", "unpaired"),
 }
 
 

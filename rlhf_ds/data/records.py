@@ -9,6 +9,7 @@ assistant message, but several when a dialogue continues after the shared prompt
     SFTRecord         messages: the whole conversation; loss on its assistant turns
     PreferenceRecord  prompt, chosen, rejected (+ optional margin)
     RankingRecord     prompt, responses ordered best first, dense ranks (0 = best)
+    UnpairedRecord    prompt, completion, desirable or not (KTO's unpaired feedback)
     PromptRecord      messages to generate from (+ meta: the record's other fields)
 
 Also here: where a record came from (`Location`), the error raised for a bad record
@@ -81,6 +82,19 @@ class RankingRecord:
 
 
 @dataclasses.dataclass
+class UnpairedRecord:
+    """One completion of `prompt`, marked desirable (True) or undesirable (False), with no
+    other response to compare it with: the data of KTO (Ethayarajh et al. 2024)."""
+    prompt: Messages
+    completion: Messages
+    desirable: bool
+
+    def to_ranking(self) -> "RankingRecord":
+        """The completion as a ranking of one response (how it is tokenized)."""
+        return RankingRecord(self.prompt, [self.completion], [0])
+
+
+@dataclasses.dataclass
 class PromptRecord:
     """A prompt for generation (PPO/GRPO). `meta` holds the record's other fields,
     e.g. a reference answer for a rule-based reward."""
@@ -88,10 +102,10 @@ class PromptRecord:
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-Record = Union[SFTRecord, PreferenceRecord, RankingRecord, PromptRecord]
+Record = Union[SFTRecord, PreferenceRecord, RankingRecord, UnpairedRecord, PromptRecord]
 
-# The four kinds of data, named as on the command line (`check --kind`).
-KINDS = ("sft", "preference", "ranking", "prompt")
+# The kinds of data, named as on the command line (`check --kind`).
+KINDS = ("sft", "preference", "ranking", "unpaired", "prompt")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 import pytest
 
 from rlhf_ds.data import (DataFormatError, Message, PreferenceRecord, PromptRecord, RankingRecord,
-                          SFTRecord, load_records)
+                          SFTRecord, UnpairedRecord, load_records)
 from rlhf_ds.data.formats import FORMATS
 from rlhf_ds.data.messages import split_hh
 
@@ -55,6 +55,10 @@ CASES = [
      RankingRecord(msgs((U, "Pick")), [msgs((A, "a")), msgs((A, "b")), msgs((A, "c"))], [0, 1, 2])),
     ({"prompt": "Pick", "responses": ["x", "y", "z"]}, "ranking", "ranking",
      RankingRecord(msgs((U, "Pick")), [msgs((A, "x")), msgs((A, "y")), msgs((A, "z"))], [0, 1, 2])),
+    ({"prompt": "2+2?", "completion": "4", "label": True}, "unpaired", "kto",
+     UnpairedRecord(msgs((U, "2+2?")), msgs((A, "4")), True)),
+    ({"prompt": [{"role": U, "content": "2+2?"}], "completion": [{"role": A, "content": "5"}], "label": False},
+     "unpaired", "kto", UnpairedRecord(msgs((U, "2+2?")), msgs((A, "5")), False)),
     ("What is 2+2?", "prompt", "prompt_text", PromptRecord(msgs((U, "What is 2+2?")))),
     ({"prompt": "What is 2+2?", "answer": "4"}, "prompt", "prompt_field",
      PromptRecord(msgs((U, "What is 2+2?")), {"answer": "4"})),
@@ -164,7 +168,7 @@ def test_unknown_format_and_kind_list_the_allowed_values(write_jsonl):
         load_records(path, format="sharegpt")
     assert "unknown format 'sharegpt'" in str(e.value)
     assert all(name in str(e.value) for name in FORMATS)
-    with pytest.raises(ValueError, match="unknown kind 'rm'; allowed: sft, preference, ranking, prompt"):
+    with pytest.raises(ValueError, match="unknown kind 'rm'; allowed: sft, preference, ranking, unpaired, prompt"):
         load_records(path, kind="rm")
     with pytest.raises(ValueError, match="format 'hh' holds preference data, which cannot be loaded as sft"):
         load_records(path, kind="sft", format="hh")
