@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 
+from .config_aliases import expand_flat_keys
 from .config_schema import (DEMO_PRESET, SECTIONS, TOP_LEVEL, ConfigError, DataConfig, DeepSpeedSection,
                             GenerationConfig, HybridConfig, LoggingConfig, LoRAConfig, ModelConfig, PPOConfig,
                             RewardConfig, RLHFConfig, SFTConfig)
@@ -193,6 +194,8 @@ def _load_file(path: str) -> Tuple[Dict[str, Any], Dict[str, int]]:
 def _merge_layer(merged: Dict[str, Any], layer: Dict[str, Any], origin: str,
                  lines: Optional[Dict[str, int]] = None) -> None:
     """Validate `layer`'s keys against the schema and merge it into `merged` in place."""
+    layer, lines = expand_flat_keys(layer, origin, lines, reserved=tuple(SECTIONS) + tuple(TOP_LEVEL))
+
     def where(key):
         if lines and key in lines:
             return f"{origin}:{lines[key]}: "

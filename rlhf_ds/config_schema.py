@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .config_aliases import accept_flat_kwargs
 from .files import write_text_atomic
 
 
@@ -268,6 +269,7 @@ class RewardsConfig:
                                   "them a 'name'")
 
 
+@accept_flat_kwargs        # the original flat keys (model_name=, sft_lr=, ...): see config_aliases.py
 @dataclass
 class RLHFConfig:
     save_dir: str = _f("outputs/demo", "where models, checkpoints, logs and plots go")
