@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..config import RLHFConfig, load_config
+from ..config import ConfigError, RLHFConfig, load_config
 from ..errors import PathNotFoundError, UserError
 from ..models.loading import is_model_dir
 
@@ -81,7 +82,14 @@ def _names(paths: List[str]) -> List[str]:
 
 def _run_config(run_dir: str) -> Optional[RLHFConfig]:
     path = os.path.join(run_dir, "config.json")
-    return load_config(path) if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        # A run written by another version of rlhf_ds: its models can still be compared, with flags.
+        print(f"evaluate.py: not using {path} ({e}); give what it would have said by flags", file=sys.stderr)
+        return None
 
 
 def demo_task_paths(run_dir: str) -> Dict[str, str]:

@@ -116,3 +116,36 @@ def test_perplexity_matches_plain_transformers(one_rank):
             nll -= float(logp[torch.arange(len(labels))[keep], labels[keep]].sum())
             count += int(keep.sum())
         assert m["sft_perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_plan_without_a_run_folder_needs_flags(eval_run, tmp_path):
+    """Model directories copied out of their run: the reward model and prompts must then be named."""
+    import shutil
+
+    from rlhf_ds.errors import PathNotFoundError
+    from rlhf_ds.evaluation.plan import build_plan
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    shutil.copytree(os.path.join(eval_run, "sft"), a)
+    shutil.copytree(os.path.join(eval_run, "ppo"), b)
+    with pytest.raises(PathNotFoundError, match="give --reward_model DIR"):
+        build_plan([a, b])
+    with pytest.raises(PathNotFoundError, match="give --prompts FILE"):
+        build_plan([a, b], reward_model=os.path.join(eval_run, "reward_model"))
+    prompts = os.path.join(eval_run, "task", "data", "eval_prompts.jsonl")
+    plan = build_plan([a, b], reward_model=os.path.join(eval_run, "reward_model"), prompts=prompts, baseline=b)
+    assert plan.reference == a and plan.baseline == "b" and plan.sft_data is None and plan.gold is False
+    assert plan.out_dir == os.path.join(str(tmp_path), "eval")
+
+
+def test_command_line_mistakes_are_one_line(eval_run, tmp_path, capsys):
+    from rlhf_ds.evaluation.cli import main
+
+    for argv, expected in [([], "the following arguments are required: models"),
+                           ([str(tmp_path)], f"{tmp_path} is not a model directory"),
+                           ([os.path.join(eval_run, "sft"), "--num_prompts", "0"], "--num_prompts must be at least 1"),
+                           ([os.path.join(eval_run, "sft"), "--baseline", "nope"], "--baseline nope: not one of")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("evaluate.py: ") and expected in err[0], err
