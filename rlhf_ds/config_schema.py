@@ -194,7 +194,9 @@ class LoRAConfig:
 
 @dataclass
 class DeepSpeedSection:
-    config: Optional[str] = _f("configs/zero3.json", "DeepSpeed JSON config (--deepspeed sets it)")
+    config: Optional[str] = _f("configs/zero3.json", "DeepSpeed JSON config: a file, or a shipped one by name "
+                               "(zero2, zero3, zero3_offload, qlora_single_gpu; rlhf_ds/ds_configs) from any "
+                               "directory (--deepspeed sets it)")
     gradient_clipping: float = _f(1.0, "gradient norm clip (0: off)", min=0.0)
     offload_inference: bool = _f(False, "keep reference and reward parameters in CPU memory")
 
