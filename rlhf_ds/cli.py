@@ -49,7 +49,7 @@ def split_args(argv: List[str]) -> Tuple[Optional[str], List[str]]:
     return config_file, out
 
 
-def _pipeline(argv: List[str], prog: str):
+def _pipeline(argv: List[str], prog: str, recipe: Optional[str] = None):
     from .pipeline import create_rlhf_pipeline
 
     if any(a in ("-h", "--help") for a in argv):
@@ -58,7 +58,7 @@ def _pipeline(argv: List[str], prog: str):
         raise SystemExit(0)
     try:
         config_file, overrides = split_args(argv)
-        return create_rlhf_pipeline(config_file, overrides)
+        return create_rlhf_pipeline(config_file, overrides, recipe=recipe)
     except _user_errors() as e:
         print(f"{prog}: {e}", file=sys.stderr)
         raise SystemExit(2)
@@ -73,9 +73,9 @@ def _user_errors():
     return user_error_types()
 
 
-def _run(prog: str, argv: Optional[List[str]], stages) -> None:
+def _run(prog: str, argv: Optional[List[str]], stages, recipe: Optional[str] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    pipe = _pipeline(argv, prog)
+    pipe = _pipeline(argv, prog, recipe)
     try:
         stages(pipe)
     except _user_errors() as e:
@@ -97,3 +97,9 @@ def main_rm(argv: Optional[List[str]] = None) -> None:
 def main_ppo(argv: Optional[List[str]] = None) -> None:
     """The full recipe: SFT and reward model when missing, then PPO, then the summary."""
     _run("train_ppo.py", argv, lambda pipe: pipe.run_full_pipeline())
+
+
+def main_grpo(argv: Optional[List[str]] = None) -> None:
+    """The GRPO recipe (config_schema.RL_RECIPES["grpo"], under any file or command-line value): SFT and
+    reward model when missing, then GRPO, then the summary."""
+    _run("train_grpo.py", argv, lambda pipe: pipe.run_full_pipeline(), recipe="grpo")

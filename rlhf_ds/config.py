@@ -302,12 +302,12 @@ def validate(cfg: RLHFConfig) -> None:
     if cfg.data.max_prompt_length >= cfg.data.max_length:
         raise ConfigError(f"data.max_prompt_length ({cfg.data.max_prompt_length}) must be below "
                           f"data.max_length ({cfg.data.max_length}) to leave room for a response")
-    if cfg.ppo.minibatch_size > cfg.ppo.rollout_batch_size:
-        raise ConfigError(f"ppo.minibatch_size ({cfg.ppo.minibatch_size}) must not exceed "
-                          f"ppo.rollout_batch_size ({cfg.ppo.rollout_batch_size})")
-    if cfg.ppo.rollout_batch_size % cfg.ppo.minibatch_size:
-        raise ConfigError(f"ppo.rollout_batch_size ({cfg.ppo.rollout_batch_size}) must be a multiple of "
-                          f"ppo.minibatch_size ({cfg.ppo.minibatch_size})")
+    completions = cfg.ppo.rollout_batch_size * cfg.ppo.n_samples
+    if cfg.ppo.minibatch_size > completions or completions % cfg.ppo.minibatch_size:
+        raise ConfigError(f"ppo.minibatch_size ({cfg.ppo.minibatch_size} completions) must divide the "
+                          f"{completions} completions of a rollout (ppo.rollout_batch_size "
+                          f"{cfg.ppo.rollout_batch_size} prompts x ppo.n_samples {cfg.ppo.n_samples}); change "
+                          f"ppo.minibatch_size")
     if cfg.generation.min_new_tokens > cfg.generation.max_new_tokens:
         raise ConfigError(f"generation.min_new_tokens ({cfg.generation.min_new_tokens}) exceeds "
                           f"generation.max_new_tokens ({cfg.generation.max_new_tokens})")

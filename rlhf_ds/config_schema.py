@@ -117,34 +117,80 @@ class RewardConfig:
 
 @dataclass
 class PPOConfig:
+    """The RL stage: PPO and the critic-free family share one loop (rlhf_ds/trainers/rl_loop.py); an algorithm
+    is a choice of the keys below (the recipes: RL_RECIPES). The section keeps PPO's name, as the PPO
+    trainers of OpenRLHF and verl do for the same set of algorithms."""
     prompt_path: Optional[str] = _f(None, "PPO prompts (a dataset may name a split as name:split; default: "
                                     "train); None: the demo task's")
     eval_prompt_path: Optional[str] = _f(None, "held-out prompts scored at evaluation (a dataset may name a "
                                          "split as name:split)")
-    iterations: int = _f(100, "PPO iterations (rollout + update)", min=1)
-    rollout_batch_size: int = _f(64, "prompts per iteration, over all ranks", min=1)
-    minibatch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "sequences per forward pass on one rank (0: minibatch / ranks)", min=0)
+    iterations: int = _f(100, "RL iterations (rollout + update)", min=1)
+    algorithm: Optional[str] = _f(None, "the algorithm's name: outputs in save_dir/<name>/, its metrics, "
+                                  "checkpoints and the summary's `algorithm`; None: from advantage_estimator "
+                                  "(gae: ppo; gspo with importance_ratio=sequence)")
+    advantage_estimator: str = _f("gae", "how advantages are computed (rlhf_ds/rl/advantages.py gives each formula "
+                                  "and source): gae (PPO, Schulman et al. 2016; trains a critic), grpo (Shao et al. "
+                                  "2024), dr_grpo (Liu et al. 2025), rloo (Ahmadian et al. 2024), reinforce_pp "
+                                  "(Hu 2025), reinforce_pp_baseline (Hu 2025, with a group baseline)",
+                                  choices=("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"))
+    n_samples: int = _f(1, "completions sampled per prompt: the group of grpo, dr_grpo, rloo and "
+                        "reinforce_pp_baseline (which need >= 2)", min=1)
+    rollout_batch_size: int = _f(64, "prompts per iteration, over all ranks (each sampled n_samples times: "
+                                 "rollout_batch_size x n_samples completions)", min=1)
+    minibatch_size: int = _f(32, "completions per optimizer step, over all ranks; must divide "
+                             "rollout_batch_size x n_samples", min=1)
+    micro_batch_size: int = _f(0, "completions per forward pass on one rank (0: minibatch / ranks)", min=0)
     ppo_epochs: int = _f(2, "passes over each rollout", min=1)
     policy_lr: float = _f(1e-6, "actor learning rate", min=0.0)
     value_lr: float = _f(5e-6, "critic learning rate", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     warmup_iterations: int = _f(0, "iterations of linear learning-rate warm-up", min=0)
-    clip_range: float = _f(0.2, "PPO ratio clip epsilon", min=0.0)
-    dual_clip: Optional[float] = _f(None, "dual-clip bound c > 1 for negative advantages (None: off)", min=1.0)
+    clip_range: float = _f(0.2, "PPO ratio clip epsilon (Schulman et al. 2017, eq. 7)", min=0.0)
+    clip_range_low: Optional[float] = _f(None, "lower clip epsilon, ratio >= 1 - clip_range_low (None: clip_range)",
+                                         min=0.0)
+    clip_range_high: Optional[float] = _f(None, "upper clip epsilon, ratio <= 1 + clip_range_high (None: clip_range); "
+                                          "DAPO's clip-higher: 0.28 over 0.2 (Yu et al. 2025, section 3.1)", min=0.0)
+    importance_ratio: str = _f("token", "token: PPO's per-token ratio; sequence: GSPO's per-sequence ratio, the "
+                               "geometric mean of its token ratios (Zheng et al. 2025)",
+                               choices=("token", "sequence"))
+    loss_aggregation: str = _f("token_mean", "how the policy (and KL) loss averages: token_mean (every token "
+                               "alike; DAPO, Yu et al. 2025), seq_mean_token_mean (every sequence alike; GRPO, Shao "
+                               "et al. 2024), seq_mean_token_sum_norm (a constant divisor, max_new_tokens; Dr. GRPO, "
+                               "Liu et al. 2025)",
+                               choices=("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"))
+    dual_clip: Optional[float] = _f(None, "dual-clip bound c > 1 for negative advantages (Ye et al. 2020; None: "
+                                    "off)", min=1.0)
     value_clip: Optional[float] = _f(0.2, "value clip around old values (None: unclipped)", min=0.0)
     entropy_coef: float = _f(0.0, "entropy bonus coefficient", min=0.0)
-    gamma: float = _f(1.0, "discount", min=0.0, max=1.0)
+    gamma: float = _f(1.0, "discount (gae, reinforce_pp*)", min=0.0, max=1.0)
     lam: float = _f(0.95, "GAE lambda", min=0.0, max=1.0)
-    kl_coef: float = _f(0.05, "KL penalty coefficient (initial value when adaptive)", min=0.0)
-    kl_estimator: str = _f("k1", "per-token KL estimator", choices=("k1", "k2", "k3"))
+    kl_mode: str = _f("reward", "where the KL to the reference goes: reward (-kl_coef x KL per token in the "
+                      "reward, Ziegler et al. 2019; kl_estimator), loss (kl_coef x KL as a loss term on the actor, "
+                      "GRPO, Shao et al. 2024, eq. 3; kl_loss_estimator), off (no KL term, no reference model)",
+                      choices=("reward", "loss", "off"))
+    kl_coef: float = _f(0.05, "KL coefficient beta (initial value when adaptive)", min=0.0)
+    kl_estimator: str = _f("k1", "per-token KL estimator in the reward (Schulman 2020, 'Approximating KL')",
+                           choices=("k1", "k2", "k3"))
+    kl_loss_estimator: str = _f("k3", "per-token KL estimator of the KL loss (k3: unbiased and >= 0, as GRPO)",
+                                choices=("k1", "k2", "k3"))
     adaptive_kl: bool = _f(False, "adapt kl_coef towards kl_target (Ziegler et al. 2019)")
     kl_target: float = _f(6.0, "adaptive KL target (nats per sequence)", min=0.0)
     kl_horizon: int = _f(10000, "adaptive KL horizon (samples)", min=1)
     reward_clip: Optional[float] = _f(None, "clip scores to [-c, c] (None: off)", min=0.0)
     reward_normalize: bool = _f(False, "normalise scores by running mean and std")
-    whiten_advantages: bool = _f(True, "whiten advantages over the rollout")
+    whiten_advantages: bool = _f(True, "whiten advantages over the rollout, all ranks, where the estimator does "
+                                 "(gae, reinforce_pp, reinforce_pp_baseline; the group estimators never do)")
     no_eos_penalty: Optional[float] = _f(None, "score given to responses that end without EOS (None: off)")
+    overlong_buffer: int = _f(0, "DAPO's soft overlong penalty: over the last this many tokens before "
+                              "generation.max_new_tokens the score falls linearly by up to overlong_penalty (Yu et "
+                              "al. 2025, eq. 13); 0: off", min=0)
+    overlong_penalty: float = _f(1.0, "the soft overlong penalty at max_new_tokens", min=0.0)
+    mask_truncated: bool = _f(False, "leave completions cut at max_new_tokens (no EOS) out of the loss (DAPO's "
+                              "overlong filtering, Yu et al. 2025, section 3.4)")
+    dynamic_sampling: bool = _f(False, "drop prompts whose n_samples rewards are all equal and sample more prompts "
+                                "to fill the batch (DAPO, Yu et al. 2025, section 3.2)")
+    max_extra_batches: int = _f(2, "dynamic sampling: at most this many extra prompt batches per iteration; a batch "
+                                "still short is completed with dropped groups (which add no gradient)", min=0)
     ptx_coef: float = _f(0.0, "weight of the pretraining (SFT) loss mixed into the actor loss", min=0.0)
     ptx_data_path: Optional[str] = _f(None, "data for the ptx loss; default: the SFT data")
     ema_beta: float = _f(0.0, "keep an EMA copy of the actor with this decay (0: off)", min=0.0, max=1.0)
@@ -319,3 +365,35 @@ DEMO_PRESET: Dict[str, Dict[str, Any]] = {
             "policy_lr": 2e-4, "value_lr": 5e-4, "kl_coef": 0.2, "eval_interval": 10},
     "generation": {"max_new_tokens": 24},
 }
+
+# The RL recipes as the `ppo` keys that make each one (the README's recipe table; every key's help
+# names its source). PPO is the defaults. `launch/train_grpo.py` applies "grpo" under any file or CLI
+# value; the others are these keys on the command line or in a config file.
+RL_RECIPES: Dict[str, Dict[str, Any]] = {
+    "ppo": {},
+    "grpo": {"advantage_estimator": "grpo", "n_samples": 8, "kl_mode": "loss", "kl_coef": 0.04,
+             "loss_aggregation": "seq_mean_token_mean"},
+    "dr_grpo": {"advantage_estimator": "dr_grpo", "n_samples": 8, "kl_mode": "off",
+                "loss_aggregation": "seq_mean_token_sum_norm"},
+    "dapo": {"algorithm": "dapo", "advantage_estimator": "grpo", "n_samples": 8, "kl_mode": "off",
+             "clip_range_low": 0.2, "clip_range_high": 0.28, "loss_aggregation": "token_mean",
+             "dynamic_sampling": True, "overlong_buffer": 4},
+    "rloo": {"advantage_estimator": "rloo", "n_samples": 4, "kl_mode": "reward"},
+    "reinforce_pp": {"advantage_estimator": "reinforce_pp", "kl_mode": "reward", "kl_estimator": "k2"},
+    "gspo": {"advantage_estimator": "grpo", "n_samples": 8, "importance_ratio": "sequence", "kl_mode": "off",
+             "clip_range_low": 3e-4, "clip_range_high": 4e-4, "loss_aggregation": "seq_mean_token_mean"},
+}
+
+# Recipe values that suit the demo (applied with the recipe, only when no model is given, under any
+# file or CLI value; they win over DEMO_PRESET's PPO values).
+RL_DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
+    "grpo": {"iterations": 40, "rollout_batch_size": 16, "minibatch_size": 64, "ppo_epochs": 1, "policy_lr": 2e-4,
+             "kl_coef": 0.2},
+}
+
+
+def recipe_layer(name: str, demo: bool) -> Dict[str, Dict[str, Any]]:
+    """The config layer of RL recipe `name` (with its demo values when `demo`), as a `ppo` section."""
+    if name not in RL_RECIPES:
+        raise ConfigError(f"unknown RL recipe {name!r}; allowed: {', '.join(RL_RECIPES)}")
+    return {"ppo": {**RL_RECIPES[name], **(RL_DEMO_PRESETS.get(name, {}) if demo else {})}}

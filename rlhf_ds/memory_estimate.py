@@ -19,14 +19,16 @@ The model (all per rank, bytes; p = parameters, T = trainable parameters, N = ra
                (dtype), their fp32 log-softmax and its gradient: tokens x V x (2 or 4 + 8), over the
                scored tokens only (PPO scores the response: R + 1 positions).
   KV cache     2 x layers x kv heads x head dim x (prompt + new tokens) x generation batch x (2 or 4).
-               The generation batch is the rollout per rank (ppo.rollout_batch_size / N).
+               The generation batch is the rollout per rank in completions
+               (ppo.rollout_batch_size x ppo.n_samples / N).
   generation   ZeRO-3 with the hybrid engine: one gathered, hook-free copy of the actor in the
   copy         training dtype, LoRA fused (rlhf_ds/engine/hybrid.py). None below ZeRO-3.
   overhead     CUDA context and allocator slack: 1 GiB on a GPU (0 on CPU).
 
-Which models a stage holds: SFT the policy; RM the scalar model; PPO actor and critic (trained),
-reference (none when it is the actor with adapters disabled) and reward (none when it shares the
-critic's backbone). Peak = everything held + the largest phase: generation (KV cache +
+Which models a stage holds: SFT the policy; RM the scalar model; the RL stage the actor (trained),
+a critic (trained; only for an advantage estimator that needs one: gae), a reference (only with a
+KL term; none when it is the actor with adapters disabled) and a reward model (only when a reward
+source is one; none when it shares the critic's backbone). Peak = everything held + the largest phase: generation (KV cache +
 generation copy) or training (activations of the actor or the critic, whichever is larger).
 This is an estimate, not a bound: allocator fragmentation, DeepSpeed's communication buckets and
 framework workspaces come on top (the 1 GiB overhead is meant to cover them on small runs).
@@ -205,6 +207,9 @@ class Plan:
     lora: LoRASettings = field(default_factory=LoRASettings)   # r=0: full fine-tuning
     reward_micro_batch: int = 1
     ranking_k: int = 2
+    critic: bool = True          # the RL stage trains a critic (ppo.advantage_estimator=gae)
+    reference: bool = True       # the RL stage holds a reference (ppo.kl_mode reward or loss)
+    reward_model: bool = True    # the RL stage holds a reward model (a reward source is one)
 
     @property
     def dtype_bytes(self) -> int:
@@ -297,14 +302,21 @@ def estimate(arch: Architecture, plan: Plan, stage: str = "ppo", device_type: st
                                        f"{plan.reward_micro_batch} records x {plan.ranking_k} responses x {s} "
                                        f"tokens")]
         return est
-    # PPO
+    # the RL stage (PPO or a critic-free algorithm)
     est.items += _model_items(arch, plan, "actor", "actor", "lm", trained=True)
-    est.items += _model_items(arch, plan, "critic", "critic", "scalar", trained=True)
-    if plan.lora.reference_is_actor:
+    if plan.critic:
+        est.items += _model_items(arch, plan, "critic", "critic", "scalar", trained=True)
+    else:
+        est.notes.append("critic: none (the advantage estimator needs none)")
+    if not plan.reference:
+        est.notes.append("reference: none (no KL term)")
+    elif plan.lora.reference_is_actor:
         est.notes.append("reference: the actor with adapters disabled (no memory)")
     else:
         est.items += _model_items(arch, plan, "reference", "reference", "lm", trained=False)
-    if plan.lora.reward_is_critic:
+    if not plan.reward_model:
+        est.notes.append("reward: no reward model (no reward source is one)")
+    elif plan.lora.reward_is_critic and plan.critic:
         est.notes.append("reward: the critic's backbone with adapters disabled (only its head, negligible)")
     else:
         est.items += _model_items(arch, plan, "reward_frozen", "reward", "scalar", trained=False)
@@ -316,7 +328,7 @@ def estimate(arch: Architecture, plan: Plan, stage: str = "ppo", device_type: st
                         "hybrid engine: gathered, hook-free actor (LoRA fused)"))
     est.phases["generation"] = gen
     actor_act = activation_bytes(arch, plan, "actor", plan.micro_batch, seq, r + 1, "lm")
-    critic_act = activation_bytes(arch, plan, "critic", plan.micro_batch, seq, 0, "scalar")
+    critic_act = activation_bytes(arch, plan, "critic", plan.micro_batch, seq, 0, "scalar") if plan.critic else 0.0
     which = "actor" if actor_act >= critic_act else "critic"
     est.phases["training"] = [Item(which, "activations", max(actor_act, critic_act),
                                    f"micro-batch {plan.micro_batch} x {seq} tokens")]
@@ -333,16 +345,21 @@ def plan_from_config(cfg, ds_config: Dict, world_size: int = 1, device_type: str
     if precision is None:
         precision = cfg.model.dtype if cfg.model.dtype != "auto" else ("bf16" if device_type == "cuda" else "fp32")
     p = cfg.ppo
+    from .rl.advantages import advantage_estimator
+    from .rewards import needs_reward_model
     return Plan(
         world_size=world_size, zero_stage=int(zero.get("stage", 0)),
         offload_optimizer=zero.get("offload_optimizer", {}).get("device", "none") not in (None, "none"),
         precision=precision,
         micro_batch=(p.micro_batch_size or max(1, p.minibatch_size // world_size)),
         max_length=cfg.data.max_length, prompt_length=cfg.data.max_prompt_length,
-        new_tokens=cfg.generation.max_new_tokens, rollout_per_rank=max(1, p.rollout_batch_size // world_size),
+        new_tokens=cfg.generation.max_new_tokens,
+        rollout_per_rank=max(1, p.rollout_batch_size * p.n_samples // world_size),
         gradient_checkpointing=cfg.model.gradient_checkpointing, hybrid=cfg.hybrid.enabled,
         lora=LoRASettings.from_config(cfg.lora),
         reward_micro_batch=(cfg.reward.micro_batch_size or max(1, cfg.reward.batch_size // world_size)),
+        critic=advantage_estimator(p.advantage_estimator).needs_critic, reference=p.kl_mode != "off",
+        reward_model=needs_reward_model(cfg.rewards.sources),
     )
 
 

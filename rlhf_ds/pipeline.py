@@ -1,11 +1,14 @@
-"""RLHFConfig -> run_sft -> run_reward_training -> run_ppo_training, with outputs as in DESIGN.md.
+"""RLHFConfig -> run_sft -> run_reward_training -> run_rl_training, with outputs as in DESIGN.md.
 
     pipeline = create_rlhf_pipeline("configs/demo.yaml", ["--ppo.iterations=10"])
     summary = pipeline.run_full_pipeline()
+    grpo = create_rlhf_pipeline(None, [], recipe="grpo")      # an RL recipe under the file and overrides
 
 A stage whose exported model already exists (`sft/`, `reward_model/`) is reused, so a
-second run goes straight to PPO; `--resume` continues an interrupted stage from its last
-checkpoint. With no model given, the embedded demo task supplies data, tokenizer and a
+second run goes straight to RL; `--resume` continues an interrupted stage from its last
+checkpoint. The RL stage is PPO or one of the critic-free algorithms (the `ppo` section; see
+trainers/rl_loop.py); no reward model is trained or loaded when no reward source uses one.
+With no model given, the embedded demo task supplies data, tokenizer and a
 tiny base model, built on rank 0 under `save_dir/task/`.
 """
 from __future__ import annotations
@@ -15,7 +18,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional
 
-from .config import ConfigError, RLHFConfig, load_config
+from .config import ConfigError, RLHFConfig, build_config, load_config, parse_overrides
+from .config_schema import recipe_layer
 from .engine import (barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything,
                      zero_stage)
 from .files import write_text_atomic
@@ -27,9 +31,11 @@ from .trainers.common import RunContext
 PLOTS = {
     "sft": ["loss", "eval_loss", "lr"],
     "reward": ["loss", "accuracy", "eval_accuracy", "eval_margin"],
-    "ppo": ["reward_mean", "gold_reward", "eval_gold_reward", "kl", "clip_fraction", "entropy", "value_loss",
-            "response_length"],
 }
+# The RL stage's curves, whichever algorithm (the stage is named after it: ppo, grpo, ...).
+RL_PLOTS = ["reward_mean", "gold_reward", "eval_gold_reward", "kl", "kl_loss", "clip_fraction_low",
+            "clip_fraction_high", "entropy", "value_loss", "response_length", "truncation_rate", "zero_spread_share",
+            "dropped_groups"]
 
 
 class RLHFPipeline:
@@ -139,8 +145,17 @@ class RLHFPipeline:
         self.summary.update(out)
         return out
 
-    def run_ppo_training(self) -> Dict[str, Any]:
-        from .trainers.ppo import train_ppo
+    def needs_reward_model(self) -> bool:
+        """The RL stage reads a reward model: a reward source is one, or PPO's critic starts from one."""
+        from .rl import advantage_estimator
+        from .trainers.rl_rewards import uses_reward_model
+
+        critic = advantage_estimator(self.cfg.ppo.advantage_estimator).needs_critic
+        return uses_reward_model(self.cfg) or (critic and self.cfg.model.critic_init == "reward")
+
+    def run_rl_training(self) -> Dict[str, Any]:
+        """The RL stage: PPO or a critic-free algorithm, as the `ppo` section says."""
+        from .trainers.rl_loop import train_rl
 
         self._preflight("ppo")
         cfg = self.cfg
@@ -148,11 +163,13 @@ class RLHFPipeline:
         eval_prompts = cfg.ppo.eval_prompt_path or (self.task_paths["data_eval_prompts"] if cfg.is_demo else None)
         ptx = cfg.ppo.ptx_data_path or (self._data(cfg.sft.data_path, "sft", "ppo.ptx_data_path")
                                         if cfg.ppo.ptx_coef > 0 else None)
-        out = train_ppo(self._context(), self._require(self.sft_model(), "an SFT model"),
-                        self._require(self.reward_model(), "a reward model"), prompts, eval_prompts, ptx,
-                        self.path("ppo"))
+        reward = self._require(self.reward_model(), "a reward model") if self.needs_reward_model() else None
+        out = train_rl(self._context(), self._require(self.sft_model(), "an SFT model"), reward, prompts,
+                       eval_prompts, ptx)
         self.summary.update(out)
         return out
+
+    run_ppo_training = run_rl_training    # the name it had when PPO was the only RL algorithm
 
     def _require(self, path: str, what: str) -> str:
         """`path` must be a model directory, or a hub id (`org/name`, not an existing local path)."""
@@ -167,19 +184,23 @@ class RLHFPipeline:
         return is_model_dir(path) and read_metadata(path) is not None
 
     def run_full_pipeline(self) -> Dict[str, Any]:
-        """SFT and reward model when missing (reused when present), then PPO; writes the summary."""
-        self._preflight("sft", "reward", "ppo")
+        """SFT and reward model when missing (reused when present; no reward model when the RL stage reads
+        none), then the RL stage; writes the summary."""
+        needs_rm = self.needs_reward_model()
+        self._preflight("sft", *(("reward",) if needs_rm else ()), "ppo")
         if self.cfg.model.sft_model_path is None and self._stage_done(self.path("sft")):
             self.log.info(f"sft: reusing {self.path('sft')}")
         elif self.cfg.model.sft_model_path is None:
             self.run_sft()
-        if self.cfg.model.reward_model_path is None and self._stage_done(self.path("reward_model")):
+        if not needs_rm:
+            self.log.info("reward: no reward source is the reward model; none is trained")
+        elif self.cfg.model.reward_model_path is None and self._stage_done(self.path("reward_model")):
             meta = read_metadata(self.path("reward_model")) or {}
             self.summary["rm_eval_accuracy"] = meta.get("eval_accuracy")
             self.log.info(f"reward: reusing {self.path('reward_model')} (eval accuracy {meta.get('eval_accuracy')})")
         elif self.cfg.model.reward_model_path is None:
             self.run_reward_training()
-        self.run_ppo_training()
+        self.run_rl_training()
         return self.finish()
 
     def finish(self) -> Dict[str, Any]:
@@ -187,14 +208,14 @@ class RLHFPipeline:
         s["gold_reward_max"] = self.gold_max
         s["wall_time_s"] = time.time() - self.t0
         s["world_size"] = self.dist.world_size
-        sft, ppo, top = s.get("gold_reward_sft"), s.get("gold_reward_ppo"), self.gold_max
-        if None not in (sft, ppo, top) and top > sft:
-            s["gold_gap_closed"] = (ppo - sft) / (top - sft)
+        sft, final, top = s.get("gold_reward_sft"), s.get("gold_reward_final"), self.gold_max
+        if None not in (sft, final, top) and top > sft:
+            s["gold_gap_closed"] = (final - sft) / (top - sft)
         if self.dist.is_main:
             path = os.path.join(self.cfg.save_dir, "logs", "summary.json")
             write_text_atomic(path, json.dumps(s, indent=2))
             if self.cfg.logging.plots:
-                write_plots(self.metrics.path, self.path("plots"), PLOTS)
+                write_plots(self.metrics.path, self.path("plots"), {**PLOTS, s.get("algorithm", "ppo"): RL_PLOTS})
             self.log.info("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()
                                                   if k not in ("tokens_total", "work_s")))
         self.metrics.close()
@@ -206,7 +227,16 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def create_rlhf_pipeline(source: Any = None, overrides: Optional[List[str]] = None) -> RLHFPipeline:
+def create_rlhf_pipeline(source: Any = None, overrides: Optional[List[str]] = None,
+                         recipe: Optional[str] = None) -> RLHFPipeline:
     """A pipeline from a config (RLHFConfig, dict, JSON/YAML path, or None for the demo) plus
-    `--section.key=value` overrides."""
-    return RLHFPipeline(load_config(source, overrides))
+    `--section.key=value` overrides. `recipe` names an RL recipe (config_schema.RL_RECIPES, with its
+    demo values when no model is given) applied under the file and the overrides."""
+    if recipe is None:
+        return RLHFPipeline(load_config(source, overrides))
+    if source is not None and not isinstance(source, (str, os.PathLike)):
+        raise ConfigError("an RL recipe goes with a config file path or the demo, not a config object")
+    file = str(source) if source is not None else None
+    demo = load_config(source, overrides).is_demo
+    return RLHFPipeline(build_config(file=file, overrides=parse_overrides(overrides or []),
+                                     base=recipe_layer(recipe, demo)))

@@ -5,7 +5,7 @@ Usage: python ppo_memory_iteration.py MODE MODEL_DIR REWARD_DIR OUT_JSON
 
 `baseline` imports the stack (torch, transformers, peft, bitsandbytes, deepspeed, rlhf_ds), starts the
 process group and stops: what every mode pays before holding any model. The other modes build the
-PPO engines the way rlhf_ds.trainers.ppo does (same factories, ZeRO-0 from configs/qlora_single_gpu.json,
+PPO engines the way rlhf_ds.trainers.rl_engines does (same factories, ZeRO-0 from configs/qlora_single_gpu.json,
 fp32 on CPU, bf16 on GPUs that have it; the critic starts from the reward model) and run one iteration: generate (hybrid engine), score (actor, reference, critic, reward),
 KL-shaped rewards, GAE, whitening, one PPO update of actor and critic.
 
@@ -51,8 +51,9 @@ from rlhf_ds.trainers.common import RunContext  # noqa: E402
 from rlhf_ds.trainers.lora_setup import (ReferenceFromActor, RewardFromCritic, causal_lm, critic_model,  # noqa: E402
                                          lora_settings, scalar_lm)
 from rlhf_ds.trainers.ops import token_ops  # noqa: E402
-from rlhf_ds.trainers.ppo_experience import Experience, generate_rollout, global_whiten, score_rollout  # noqa: E402
-from rlhf_ds.trainers.ppo_update import UpdateSettings, ppo_update  # noqa: E402
+from rlhf_ds.trainers.rl_experience import Experience, global_whiten, score_rollout  # noqa: E402
+from rlhf_ds.trainers.rl_sampling import generate_rollout  # noqa: E402
+from rlhf_ds.trainers.rl_update import UpdateSettings, rl_update  # noqa: E402
 
 
 def rss_now_kb() -> int:
@@ -133,7 +134,7 @@ if cuda:
     result["setup_max_allocated"] = torch.cuda.max_memory_allocated()
     torch.cuda.reset_peak_memory_stats()
 
-# One iteration, steps 1-6 of rlhf_ds/trainers/ppo.py.
+# One iteration, steps 2-6 of rlhf_ds/trainers/rl_loop.py (PPO: the reward model scores directly).
 t1 = time.time()
 g = torch.Generator().manual_seed(0)
 vocab = actor.module.config.vocab_size
@@ -143,15 +144,16 @@ mask[::2, :PROMPT // 3] = 0                                   # left padding on 
 ids = ids.masked_fill(mask == 0, 0)
 settings = GenerationSettings(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=True)
 rollout = generate_rollout(actor, hybrid, ids, mask, settings, eos_id=1, pad_id=0, chunk=ROLLOUT)
-old_lp, ref_lp, values, raw = score_rollout(rollout, actor, ref, critic, reward, MICRO, 1.0)
+old_lp, ref_lp, values = score_rollout(rollout, actor, ref, critic, MICRO, 1.0)
+with torch.no_grad():
+    raw = torch.cat([reward(p.sequences, p.attention_mask)["scores"] for p in rollout.split(MICRO)])
 am = rollout.action_mask
 rewards, kl = ops.kl_shaped_rewards(raw.float(), old_lp, ref_lp, am, 0.05, "k1")
 advantages, returns = ops.gae(rewards, values, am, 1.0, 0.95)
 advantages = global_whiten(advantages, am)
 exp = Experience(sequences=rollout.sequences, attention_mask=rollout.attention_mask, action_mask=am,
-                 old_logprobs=old_lp, ref_logprobs=ref_lp, old_values=values, rewards=rewards, kl=kl,
-                 advantages=advantages, returns=returns, scores=raw, raw_scores=raw)
-stats = ppo_update(exp, actor, critic, UpdateSettings(ppo_epochs=1, minibatch_per_rank=MINIBATCH, micro=MICRO,
+                 old_logprobs=old_lp, advantages=advantages, ref_logprobs=ref_lp, old_values=values, returns=returns)
+stats = rl_update(exp, actor, critic, UpdateSettings(ppo_epochs=1, minibatch_per_rank=MINIBATCH, micro=MICRO,
                                                       clip_range=0.2, dual_clip=None, value_clip=0.2,
                                                       entropy_coef=0.0, temperature=1.0))
 result.update(

@@ -54,8 +54,10 @@ def test_bad_command_line_values(override, expected):
 
 
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="multiple of ppo.minibatch_size"):
+    with pytest.raises(ConfigError, match=r"ppo.minibatch_size \(32 completions\) must divide the 48 completions"):
         load_config(None, ["--ppo.rollout_batch_size=48", "--ppo.minibatch_size=32"])
+    # In completions: 12 prompts x 4 samples = 48 completions divide into minibatches of 16.
+    assert load_config(None, ["--ppo.rollout_batch_size=12", "--ppo.n_samples=4", "--ppo.minibatch_size=16"])
     with pytest.raises(ConfigError, match="lora.r > 0"):
         load_config(None, ["--lora.quantization=nf4"])
 

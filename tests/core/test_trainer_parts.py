@@ -4,8 +4,8 @@ import torch
 
 from rlhf_ds.models.positions import last_token_index, positions_from_mask
 from rlhf_ds.trainers.common import ShardedSampler, plan_batches
-from rlhf_ds.trainers.ppo_experience import response_masks
-from rlhf_ds.trainers.ppo_update import StatSums
+from rlhf_ds.trainers.rl_sampling import response_masks
+from rlhf_ds.trainers.rl_metrics import StatSums
 
 
 def test_plan_batches_divides_or_explains():

@@ -12,8 +12,8 @@ from rlhf_ds.engine import build_train_engine, init_distributed, shutdown_distri
 from rlhf_ds.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf_ds.models.policy import PolicyModel
 from rlhf_ds.models.scalar_head import ScalarHeadModel
-from rlhf_ds.trainers.ppo_experience import Experience
-from rlhf_ds.trainers.ppo_update import UpdateSettings, ppo_update
+from rlhf_ds.trainers.rl_experience import Experience
+from rlhf_ds.trainers.rl_update import UpdateSettings, rl_update
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]   # the launcher adds it
 model_dir, out_prefix, micro, ptx_coef = args[0], args[1], int(args[2]), float(args[3])
@@ -60,10 +60,8 @@ with torch.no_grad():
     old_values = critic(seqs[mine], attn[mine], num_values=R)["values"]
     actor.train()
     critic.train()
-z = torch.zeros(per_rank, R)
 exp = Experience(sequences=seqs[mine], attention_mask=attn[mine], action_mask=action[mine], old_logprobs=old_lp,
-                 ref_logprobs=old_lp, old_values=old_values, rewards=z, kl=z, advantages=advantages[mine],
-                 returns=returns[mine], scores=torch.zeros(per_rank), raw_scores=torch.zeros(per_rank))
+                 advantages=advantages[mine], ref_logprobs=old_lp, old_values=old_values, returns=returns[mine])
 
 
 def ptx_batches():
@@ -71,7 +69,7 @@ def ptx_batches():
         yield from ptx.index(mine).split(micro)
 
 
-stats = ppo_update(exp, actor, critic, UpdateSettings(ppo_epochs=1, minibatch_per_rank=per_rank, micro=micro,
+stats = rl_update(exp, actor, critic, UpdateSettings(ppo_epochs=1, minibatch_per_rank=per_rank, micro=micro,
                                                       clip_range=0.2, dual_clip=None, value_clip=None,
                                                       entropy_coef=0.01, temperature=1.0, ptx_coef=ptx_coef),
                    ptx_batches)

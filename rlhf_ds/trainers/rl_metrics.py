@@ -1,0 +1,56 @@
+"""Statistics of the RL loop reduced over ranks by name: no tuple of sums read back by position."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+import torch
+
+from ..engine import all_reduce_max, all_reduce_sum
+
+
+def reduce_sums(values: Dict[str, float]) -> Dict[str, float]:
+    """Each named value summed over ranks (one all-reduce for all of them, in fp64)."""
+    names = sorted(values)
+    if not names:
+        return {}
+    total = all_reduce_sum(torch.tensor([float(values[n]) for n in names], dtype=torch.float64))
+    return dict(zip(names, total.tolist()))
+
+
+@dataclass
+class StatSums:
+    """Statistics of an update, reduced over ranks at the end, each by the rule its kind needs:
+    - `add(name, value, weight)`: a weighted mean (per-token figures weighted by tokens); a name
+      ending in `_max` is a maximum instead (a weighted mean of maxima is not a maximum);
+    - `add_total(name, value)`: summed over micro-batches and ranks, then divided by `per` at
+      `reduce`: for a loss that each micro-batch holds its share of (local sum / global count),
+      the sum of the shares of one optimizer step IS the step's loss, whatever the aggregation."""
+    sums: Dict[str, float] = field(default_factory=dict)
+    weights: Dict[str, float] = field(default_factory=dict)
+    maxima: Dict[str, float] = field(default_factory=dict)
+    totals: Dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, value, weight: float) -> None:
+        v = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
+        if name.endswith("_max"):
+            self.maxima[name] = max(self.maxima.get(name, v), v)
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + v * weight
+        self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def add_total(self, name: str, value) -> None:
+        v = float(value.detach().float()) if torch.is_tensor(value) else float(value)
+        self.totals[name] = self.totals.get(name, 0.0) + v
+
+    def reduce(self, per: float = 1.0) -> Dict[str, float]:
+        reduced = reduce_sums({**{f"s:{n}": v for n, v in self.sums.items()},
+                               **{f"w:{n}": v for n, v in self.weights.items()},
+                               **{f"t:{n}": v for n, v in self.totals.items()}})
+        out = {n: (reduced[f"s:{n}"] / reduced[f"w:{n}"] if reduced[f"w:{n}"] > 0 else 0.0) for n in self.sums}
+        out.update({n: reduced[f"t:{n}"] / max(per, 1e-12) for n in self.totals})
+        peaks = sorted(self.maxima)
+        if peaks:
+            top = all_reduce_max(torch.tensor([self.maxima[n] for n in peaks], dtype=torch.float64))
+            out.update(zip(peaks, top.tolist()))
+        return out
