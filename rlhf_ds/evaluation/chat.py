@@ -15,6 +15,7 @@ conversation piped through the command leaves only the replies on stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, TextIO
@@ -126,7 +127,6 @@ def _check(args) -> None:
 def load(args) -> ChatSession:
     from ..models.loading import is_model_dir, load_causal_lm, load_tokenizer
 
-    import os
     if os.path.exists(args.model) and not is_model_dir(args.model):
         raise PathNotFoundError(f"{args.model} is not a model directory (no config.json there)")
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
