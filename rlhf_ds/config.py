@@ -332,11 +332,14 @@ RESUME_SCOPE: Dict[str, Tuple[str, ...]] = {
     "reward": _COMMON_SCOPE + ("reward",),
     # PPO's ptx loss reads the SFT data when ppo.ptx_data_path is unset.
     "ppo": _COMMON_SCOPE + ("ppo", "generation", "hybrid", "sft.data_path"),
+    # DPO samples held-out prompts (generation) for its gold-reward and KL evaluation.
+    "dpo": _COMMON_SCOPE + ("dpo", "generation", "hybrid"),
 }
 # Keys of a scope that other stages own: the SFT stage does not read the models that later stages start from.
 _RESUME_IGNORED: Dict[str, Tuple[str, ...]] = {
     "sft": ("model.sft_model_path", "model.reward_model_path", "model.critic_init"),
     "reward": ("model.reward_model_path", "model.critic_init"),
+    "dpo": ("model.reward_model_path", "model.critic_init"),
 }
 # Keys whose change a resume applies (and logs): they decide when to log, evaluate or save, or how fast
 # the same numbers are computed, never what is trained. Every other key in scope must keep the value
@@ -345,7 +348,8 @@ _RESUME_IGNORED: Dict[str, Tuple[str, ...]] = {
 RESUME_ALLOWED = frozenset({
     "save_interval", "logging.*", "sft.eval_interval", "reward.eval_interval", "ppo.eval_interval",
     "ppo.eval_prompt_path", "ppo.use_kernels", "model.gradient_checkpointing", "model.attn_implementation",
-    "deepspeed.offload_inference", "hybrid.*",
+    "deepspeed.offload_inference", "hybrid.*", "dpo.eval_interval", "dpo.eval_prompt_path",
+    "dpo.precompute_reference",
 })
 
 

@@ -68,19 +68,14 @@ class DataConfig:
 
 
 @dataclass
-class SFTConfig:
-    data_path: Optional[str] = _f(None, "SFT data: a file, a dataset directory or a hub dataset id, which may "
-                                  "name a split as name:split (default: train); None: the demo task's")
-    data_format: str = _f("auto", "SFT record format",
-                          choices=("auto", "prompt_response", "alpaca", "chat"))
-    eval_path: Optional[str] = _f(None, "held-out SFT data, named as data_path; a dataset named without "
-                                  ":split is read at its test split, else validation, else its only split "
-                                  "(the split used is logged); default: eval_fraction of data_path")
-    epochs: float = _f(2.0, "passes over the training data", min=0.0)
+class StageSchedule:
+    """The optimisation schedule of a supervised-style stage (sft, reward, dpo; rlhf_ds/trainers/stage_loop.py):
+    each such section has these keys, defined once here; a section may change their defaults (`_default`)."""
+    epochs: float = _f(1.0, "passes over the training data", min=0.0)
     max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
-    batch_size: int = _f(32, "sequences per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "sequences per forward pass on one rank (0: batch_size / ranks)", min=0)
-    learning_rate: float = _f(2e-5, "peak learning rate", min=0.0)
+    batch_size: int = _f(32, "records (sequences, pairs) per optimizer step, over all ranks", min=1)
+    micro_batch_size: int = _f(0, "records per forward pass on one rank (0: batch_size / ranks)", min=0)
+    learning_rate: float = _f(1e-5, "peak learning rate", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
     warmup_ratio: float = _f(0.03, "share of steps with linear warm-up", min=0.0, max=1.0)
     lr_scheduler: str = _f("cosine", "learning-rate schedule after warm-up",
@@ -88,8 +83,27 @@ class SFTConfig:
     eval_interval: int = _f(0, "evaluate every N optimizer steps (0: once per epoch)", min=0)
 
 
+def _default(section, key: str, value):
+    """The field `key` of `section` (its help text and bounds) with another default."""
+    meta = section.__dataclass_fields__[key].metadata
+    return _f(value, meta["help"], meta["choices"], meta["min"], meta["max"])
+
+
 @dataclass
-class RewardConfig:
+class SFTConfig(StageSchedule):
+    data_path: Optional[str] = _f(None, "SFT data: a file, a dataset directory or a hub dataset id, which may "
+                                  "name a split as name:split (default: train); None: the demo task's")
+    data_format: str = _f("auto", "SFT record format",
+                          choices=("auto", "prompt_response", "alpaca", "chat"))
+    eval_path: Optional[str] = _f(None, "held-out SFT data, named as data_path; a dataset named without "
+                                  ":split is read at its test split, else validation, else its only split "
+                                  "(the split used is logged); default: eval_fraction of data_path")
+    epochs: float = _default(StageSchedule, "epochs", 2.0)
+    learning_rate: float = _default(StageSchedule, "learning_rate", 2e-5)
+
+
+@dataclass
+class RewardConfig(StageSchedule):
     data_path: Optional[str] = _f(None, "preference pairs and/or K-wise rankings: a file, a dataset directory "
                                   "or a hub dataset id, which may name a split as name:split (default: "
                                   "train); None: the demo task's")
@@ -104,15 +118,56 @@ class RewardConfig:
     margin: float = _f(0.0, "extra margin in the ranking loss, added to a record's own margin (in a K-wise "
                        "group, to each of its ordered pairs)")
     freeze_reward_backbone: bool = _f(False, "train only the scalar head (and LoRA adapters if any)")
-    epochs: float = _f(1.0, "passes over the training data", min=0.0)
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: no limit)", min=0)
-    batch_size: int = _f(32, "records per optimizer step, over all ranks", min=1)
-    micro_batch_size: int = _f(0, "records per forward pass on one rank (0: batch_size / ranks)", min=0)
-    learning_rate: float = _f(1e-5, "peak learning rate", min=0.0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
-    warmup_ratio: float = _f(0.03, "share of steps with linear warm-up", min=0.0, max=1.0)
-    lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=("cosine", "linear", "constant"))
-    eval_interval: int = _f(0, "evaluate every N optimizer steps (0: once per epoch)", min=0)
+
+
+DPO_LOSS_NAMES = ("sigmoid", "ipo", "conservative", "robust", "hinge", "simpo", "kto")   # rl.DPO_LOSS_TYPES + kto
+
+
+@dataclass
+class DPOConfig(StageSchedule):
+    """Offline preference optimisation (rlhf_ds/trainers/dpo.py, kto.py): DPO and its variants on pairs, KTO on
+    unpaired examples; the reference is a frozen copy of the SFT model, the SFT model with LoRA adapters off,
+    or log-probs precomputed once (precompute_reference)."""
+    data_path: Optional[str] = _f(None, "preference pairs or K-wise rankings (each ranking gives all its ordered "
+                                  "pairs), in any format the reward stage reads; for loss_type kto, unpaired "
+                                  "{prompt, completion, label} records; named as sft.data_path; None: the demo's pairs")
+    data_format: str = _f("auto", "record format",
+                          choices=("auto", "prompt_chosen_rejected", "question_chosen_rejected", "hh", "chat_pair",
+                                   "rm_static", "ranking", "kto"))
+    eval_path: Optional[str] = _f(None, "held-out data, named as data_path; a dataset named without :split is "
+                                  "read at its test split, else validation, else its only split; default: "
+                                  "eval_fraction of data_path")
+    eval_prompt_path: Optional[str] = _f(None, "held-out prompts sampled before training and at the end (as PPO's "
+                                         "evaluation) for the KL to the SFT policy and, on the demo, the gold reward; "
+                                         "None: none (the demo: its held-out prompts)")
+    loss_type: str = _f("sigmoid", "sigmoid: DPO (Rafailov et al. 2023); ipo (Azar et al. 2023); conservative: "
+                        "cDPO (label_smoothing); robust: rDPO (Chowdhury et al. 2024; label_smoothing); hinge: "
+                        "SLiC/RSO; simpo: SimPO, reference-free (Meng et al. 2024; simpo_gamma); kto: KTO on "
+                        "unpaired data (Ethayarajh et al. 2024); formulas in rlhf_ds/rl/dpo.py and kto.py",
+                        choices=DPO_LOSS_NAMES)
+    beta: float = _f(0.1, "the KL strength of DPO (IPO's tau, SimPO's and KTO's reward scale)", min=1e-9)
+    label_smoothing: float = _f(0.0, "conservative and robust: the assumed share of flipped labels, in (0, 0.5)",
+                                min=0.0, max=0.5)
+    length_normalize: bool = _f(False, "divide each response's log-ratio by its token count (IPO's per-token "
+                                "variant; SimPO always does)")
+    simpo_gamma: float = _f(0.5, "simpo: the target reward margin gamma", min=0.0)
+    rpo_alpha: float = _f(0.0, "weight of an NLL term on the chosen response, per token (RPO, Pang et al. 2024; "
+                          "0: off)", min=0.0)
+    kto_desirable_weight: float = _f(1.0, "kto: lambda_D, the weight of desirable examples", min=0.0)
+    kto_undesirable_weight: float = _f(1.0, "kto: lambda_U, the weight of undesirable examples", min=0.0)
+    precompute_reference: bool = _f(False, "compute the reference log-probs of all data once before training, "
+                                    "store them under save_dir/checkpoints/dpo_reference/ (keyed by the data and "
+                                    "the model) and free the reference model (no second model while training)")
+    learning_rate: float = _default(StageSchedule, "learning_rate", 1e-6)
+
+    def __post_init__(self):
+        smoothed = self.loss_type in ("conservative", "robust")
+        if smoothed and not 0.0 < self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in (0, 0.5) for loss_type {self.loss_type}, got "
+                              f"{self.label_smoothing}")
+        if not smoothed and self.label_smoothing != 0.0:
+            raise ConfigError(f"label_smoothing applies to loss_type conservative and robust only, not "
+                              f"{self.loss_type}")
 
 
 @dataclass
@@ -329,6 +384,7 @@ class RLHFConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
@@ -359,6 +415,8 @@ DEMO_PRESET: Dict[str, Dict[str, Any]] = {
     "data": {"max_length": 64, "max_prompt_length": 24},
     "sft": {"epochs": 3.0, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05},
     "reward": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-3},
+    # The settings of the TRL comparison in issue 17 (one epoch over the 6,000 pairs, beta 0.1, cosine).
+    "dpo": {"epochs": 1.0, "batch_size": 32, "learning_rate": 5e-4, "beta": 0.1},
     # A per-token KL coefficient of 0.2 keeps the policy from exploiting the small reward model: at
     # 0.02 the held-out gold reward peaked near iteration 20 and then fell while the RM score rose.
     "ppo": {"iterations": 50, "rollout_batch_size": 64, "minibatch_size": 32, "ppo_epochs": 2,

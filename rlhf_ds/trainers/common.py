@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import torch
 
 from ..config import ConfigError, ResumeChange, RLHFConfig, build_config, resume_allowed, resume_changes
-from ..engine import DistInfo, all_reduce_max
+from ..engine import DistInfo, all_reduce_max, all_reduce_sum
 from ..engine.checkpoint import FINISHED
 from ..errors import DataError, UserError
 from ..files import replace_dir
@@ -97,6 +97,15 @@ class ShardedSampler:
                             f"{state.get('global_batch')}, this run has {self.size} in batches of "
                             f"{self.global_batch}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def reduce_sums(values: Dict[str, float]) -> Dict[str, float]:
+    """Each named value summed over ranks (one all-reduce for all of them, in fp64)."""
+    names = sorted(values)
+    if not names:
+        return {}
+    total = all_reduce_sum(torch.tensor([float(values[n]) for n in names], dtype=torch.float64))
+    return dict(zip(names, total.tolist()))
 
 
 def eval_shard(size: int, rank: int, world: int) -> List[int]:

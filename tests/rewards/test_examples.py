@@ -30,8 +30,13 @@ def test_the_example_functions_by_path(monkeypatch):
     assert brevity[2] > brevity[1]          # one word beats three
 
 
-def test_the_example_server_with_the_http_source():
+def test_the_example_server_with_the_http_source(monkeypatch):
     import importlib.util
+
+    # The server script puts examples/ on sys.path and imports my_reward: undo both after the test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setitem(sys.modules, "my_reward", None)
+    monkeypatch.delitem(sys.modules, "my_reward")
 
     spec = importlib.util.spec_from_file_location("example_reward_server", os.path.join(EXAMPLES, "reward_server.py"))
     module = importlib.util.module_from_spec(spec)

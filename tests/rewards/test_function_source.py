@@ -21,7 +21,7 @@ def _source(fn, name="f"):
     return FunctionSource(name, fn)
 
 
-def _write(tmp_path, body, name="my_reward.py"):
+def _write(tmp_path, body, name="reward_file_under_test.py"):
     path = tmp_path / name
     path.write_text(textwrap.dedent(body))
     return str(path)
@@ -36,8 +36,8 @@ def test_file_and_module_names_load(tmp_path, monkeypatch):
     assert s.name == "score"
     assert s(_batch()).values.tolist() == [1.0, 0.0, 1.0]
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert load_function("my_reward:score") is not None
-    assert function_source("my_reward:score", name="acc").name == "acc"
+    assert load_function("reward_file_under_test:score") is not None
+    assert function_source("reward_file_under_test:score", name="acc").name == "acc"
 
 
 def test_every_column_reaches_the_function_with_prompts_and_completions():
