@@ -30,7 +30,7 @@ from ..models.loading import load_causal_lm, load_scalar_model
 from ..models.policy import PolicyModel
 from ..models.scalar_head import ScalarHeadModel
 from ..trainers.ops import token_ops
-from ..trainers.ppo_experience import Rollout, generate_rollout
+from ..trainers.rl_sampling import Rollout, generate_rollout
 from ..trainers.sft import evaluate_sft
 
 
