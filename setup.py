@@ -1,8 +1,9 @@
 """Install the RLHF library (`rlhf_ds`) and its Triton kernels.
 
-The kernels live in the folder `kernels/` but install under the import name
-`rlhf_kernels`: Hugging Face publishes a package called `kernels` that
-`transformers` probes for at import time, and ours must never answer that probe.
+The kernels live in `rlhf_kernels/`, never in a folder called `kernels`: Hugging Face
+publishes a package called `kernels` that `transformers` and `bitsandbytes` import when
+they find it, and a folder of that name on sys.path (the repository root, whenever
+Python runs from it) would answer in its place.
 """
 from setuptools import find_packages, setup
 
@@ -30,8 +31,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["rlhf_ds", "rlhf_ds.*"]) + ["rlhf_kernels"],
-    package_dir={"rlhf_kernels": "kernels"},
+    packages=find_packages(include=["rlhf_ds", "rlhf_ds.*", "rlhf_kernels", "rlhf_kernels.*"]),
     # The DeepSpeed configs travel inside the package, so `--deepspeed zero3` works in any install
     # (configs/*.json in the repository link to these files).
     package_data={"rlhf_ds.ds_configs": ["*.json"]},

@@ -71,7 +71,7 @@ def test_non_editable_install_ships_the_configs(tmp_path):
     elsewhere.mkdir()
     shutil.copy(os.path.join(REPO, "setup.py"), src)
     shutil.copy(os.path.join(REPO, "README.md"), src)
-    for pkg in ("rlhf_ds", "kernels"):
+    for pkg in ("rlhf_ds", "rlhf_kernels"):
         shutil.copytree(os.path.join(REPO, pkg), src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True,
