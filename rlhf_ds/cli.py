@@ -99,6 +99,12 @@ def main_ppo(argv: Optional[List[str]] = None) -> None:
     _run("train_ppo.py", argv, lambda pipe: pipe.run_full_pipeline())
 
 
+def main_dpo(argv: Optional[List[str]] = None) -> None:
+    """Offline preference optimisation: the SFT model when missing, then DPO (or a variant, or KTO: the dpo
+    section), then the summary."""
+    _run("train_dpo.py", argv, lambda pipe: pipe.run_dpo_pipeline())
+
+
 def main_grpo(argv: Optional[List[str]] = None) -> None:
     """The GRPO recipe (config_schema.RL_RECIPES["grpo"], under any file or command-line value): SFT and
     reward model when missing, then GRPO, then the summary."""

@@ -31,6 +31,8 @@ from .trainers.common import RunContext
 PLOTS = {
     "sft": ["loss", "eval_loss", "lr"],
     "reward": ["loss", "accuracy", "eval_accuracy", "eval_margin"],
+    "dpo": ["loss", "reward_accuracy", "reward_margin", "eval_loss", "eval_accuracy", "eval_margin", "rewards_desirable",
+            "rewards_undesirable", "kl"],
 }
 # The RL stage's curves, whichever algorithm (the stage is named after it: ppo, grpo, ...).
 RL_PLOTS = ["reward_mean", "gold_reward", "eval_gold_reward", "kl", "kl_loss", "clip_fraction_low",
@@ -183,6 +185,37 @@ class RLHFPipeline:
     def _stage_done(self, path: str) -> bool:
         return is_model_dir(path) and read_metadata(path) is not None
 
+    def run_dpo(self) -> Dict[str, Any]:
+        """Offline preference optimisation from the SFT model (the dpo section: DPO and its variants on
+        pairs, KTO on unpaired data); outputs in save_dir/dpo/."""
+        from .trainers.dpo import train_dpo
+        from .trainers.kto import train_kto
+
+        try:
+            check_lora_config(LoRASettings.from_config(self.cfg.lora), zero_stage(self.ds_config))
+        except LoRAConfigError as e:
+            raise ConfigError(str(e)) from None
+        cfg = self.cfg
+        data = self._data(cfg.dpo.data_path, "preference", "dpo.data_path")
+        if cfg.is_demo and cfg.dpo.data_path is None and cfg.dpo.eval_path is None:
+            # The demo's held-out pairs come from held-out prompts, as for the reward stage.
+            cfg.dpo.eval_path = self.task_paths["data_preference_eval"]
+        eval_prompts = cfg.dpo.eval_prompt_path or (self.task_paths["data_eval_prompts"] if cfg.is_demo else None)
+        train = train_kto if cfg.dpo.loss_type == "kto" else train_dpo
+        out = train(self._context(), self._require(self.sft_model(), "an SFT model"), data, self.path("dpo"),
+                    eval_prompt_path=eval_prompts)
+        self.summary.update(out)
+        return out
+
+    def run_dpo_pipeline(self) -> Dict[str, Any]:
+        """The SFT model when missing (reused when present), then DPO (or KTO); writes the summary."""
+        if self.cfg.model.sft_model_path is None and self._stage_done(self.path("sft")):
+            self.log.info(f"sft: reusing {self.path('sft')}")
+        elif self.cfg.model.sft_model_path is None:
+            self.run_sft()
+        self.run_dpo()
+        return self.finish()
+
     def run_full_pipeline(self) -> Dict[str, Any]:
         """SFT and reward model when missing (reused when present; no reward model when the RL stage reads
         none), then the RL stage; writes the summary."""
@@ -215,7 +248,8 @@ class RLHFPipeline:
             path = os.path.join(self.cfg.save_dir, "logs", "summary.json")
             write_text_atomic(path, json.dumps(s, indent=2))
             if self.cfg.logging.plots:
-                write_plots(self.metrics.path, self.path("plots"), {**PLOTS, s.get("algorithm", "ppo"): RL_PLOTS})
+                rl = {} if "dpo_steps" in s else {s.get("algorithm", "ppo"): RL_PLOTS}   # offline ones log as dpo
+                write_plots(self.metrics.path, self.path("plots"), {**PLOTS, **rl})
             self.log.info("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()
                                                   if k not in ("tokens_total", "work_s")))
         self.metrics.close()
