@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..models.lora import BASE_VOCAB_ATTR, lora_layers
+from ..models.lora import BASE_VOCAB_ATTR, is_conv1d, lora_layers
 from ..models.quantization import is_quantized
 from .lora_hybrid import active_adapter, merged_weight
 
@@ -116,6 +116,25 @@ def grown_embeddings(state: Dict[str, torch.Tensor], hf_model) -> Optional[Tuple
                            f"before PeftModel.from_pretrained; AutoPeftModelForCausalLM does it"}
 
 
+def conv1d_layout(merged: Dict[str, torch.Tensor], hf_model, plain) -> Dict[str, torch.Tensor]:
+    """`merged` with each weight that the plain model holds in a Conv1D (GPT-2's projections, stored
+    (in, out)) but that `hf_model` holds in an (out, in) linear layer transposed into (in, out). That is
+    every 4-bit one: transformers quantises a Conv1D as a bitsandbytes Linear4bit of the transposed weight
+    (and peft adapts it as a plain linear layer). A full-precision Conv1D, adapted or not, is already in
+    the plain layout (merged_weight transposes B @ A for it)."""
+    trained = dict(hf_model.named_modules())
+    out = dict(merged)
+    for name, module in plain.named_modules():
+        if not is_conv1d(module):
+            continue
+        held = trained.get(name)
+        held = getattr(held, "base_layer", held)           # a LoRA layer: its base holds the weight
+        key = f"{name}.weight"
+        if held is not None and not is_conv1d(held) and key in out:
+            out[key] = out[key].T.contiguous()
+    return out
+
+
 def plain_model(hf_model, merged: Dict[str, torch.Tensor]):
     """A non-quantised, adapter-free instance of `hf_model`'s class holding `merged` (no copy: the
     tensors are assigned), ready for `save_pretrained`."""
@@ -126,6 +145,7 @@ def plain_model(hf_model, merged: Dict[str, torch.Tensor]):
     dtype = _out_dtype(hf_model)
     with torch.device("meta"):
         model = type(hf_model)._from_config(config, dtype=dtype)
+    merged = conv1d_layout(merged, hf_model, model)
     missing, unexpected = model.load_state_dict(merged, strict=False, assign=True)
     if unexpected:
         raise KeyError(f"merged state has keys the plain {type(model).__name__} lacks: {unexpected[:5]}")

@@ -2,7 +2,8 @@
 
 Full-precision base (LoRA):
     ZeRO-3: the generation copy is the plain BASE architecture filled with fused weights
-    W + (alpha / r) * B @ A, gathered layer by layer (`merged_lora_copy`, the HybridEngine's
+    W + (alpha / r) * B @ A (transposed for a Conv1D, whose W is stored (in, out): GPT-2),
+    gathered layer by layer (`merged_lora_copy`, the HybridEngine's
     merge_fn). Generation then costs exactly what it costs without adapters, and the
     training weights are never modified (no merge/unmerge round trip, which in bf16 would
     round the frozen base a little differently after every rollout).
@@ -37,7 +38,8 @@ def active_adapter(layer) -> str:
 
 def merged_weight(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
                   fan_in_fan_out: bool = False) -> torch.Tensor:
-    """W + scaling * B @ A, computed in fp32, returned in fp32."""
+    """W + scaling * B @ A, computed in fp32, returned in fp32. With `fan_in_fan_out` (peft's flag for a
+    Conv1D, whose W is (in, out)) the (out, in) product B @ A is transposed to W's layout."""
     delta = lora_b.float() @ lora_a.float()
     if fan_in_fan_out:
         delta = delta.T

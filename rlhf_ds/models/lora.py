@@ -78,15 +78,30 @@ def adapters_disabled(model: nn.Module):
             m._disable_adapters = s
 
 
+def _conv1d_class():
+    # transformers' Conv1D (GPT-2, GPT-J's ancestors, ...): a linear layer whose weight is stored (in, out).
+    from transformers.pytorch_utils import Conv1D
+    return Conv1D
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    return isinstance(module, _conv1d_class())
+
+
+def _adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
 def _linear_names(model: nn.Module) -> List[str]:
-    """Leaf names of the linear layers adapters may go on: every nn.Linear (4-bit ones included,
-    they subclass it) except the LM head and a scalar head."""
+    """Leaf names of the linear layers adapters may go on: every nn.Linear (4-bit ones included, they
+    subclass it) and transformers' Conv1D (peft adapts it with fan_in_fan_out), except the LM head and a
+    scalar head."""
     out = set()
     skip = {id(model.get_output_embeddings())} if hasattr(model, "get_output_embeddings") and \
         model.get_output_embeddings() is not None else set()
     for name, m in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(m, nn.Linear) and id(m) not in skip and leaf not in ("lm_head", "score"):
+        if _adaptable(m) and id(m) not in skip and leaf not in ("lm_head", "score"):
             out.add(leaf)
     return sorted(out)
 
@@ -96,13 +111,22 @@ def resolve_target_modules(model: nn.Module, spec: Union[str, Tuple[str, ...]]) 
     available = _linear_names(model)
     if spec == "all-linear":
         if not available:
-            raise LoRAConfigError(f"{type(model).__name__} has no linear layers for LoRA")
+            raise LoRAConfigError(f"lora.target_modules=all-linear: {type(model).__name__} has no linear "
+                                  f"(nn.Linear or Conv1D) layers besides its heads; adapters need one")
         return available
     missing = [t for t in spec if t not in available]
     if missing:
         raise LoRAConfigError(f"lora.target_modules: {', '.join(missing)} not found in {type(model).__name__}; "
                               f"its linear layers are: {', '.join(available)} (or use all-linear)")
     return list(spec)
+
+
+def _fan_in_fan_out(model: nn.Module, targets: List[str]) -> bool:
+    """peft's flag for weights stored (in, out): true when every targeted layer is a Conv1D (GPT-2). peft
+    checks each layer's own type anyway and flips the flag, with a warning, for a layer of the other kind."""
+    kinds = {is_conv1d(m) for name, m in model.named_modules()
+             if name.rsplit(".", 1)[-1] in targets and _adaptable(m)}
+    return kinds == {True}
 
 
 def apply_lora(model: nn.Module, lora: LoRASettings, scalar: bool = False) -> nn.Module:
@@ -112,7 +136,7 @@ def apply_lora(model: nn.Module, lora: LoRASettings, scalar: bool = False) -> nn
 
     targets = resolve_target_modules(model, lora.target_modules)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                        bias="none")
+                        bias="none", fan_in_fan_out=_fan_in_fan_out(model, targets))
     model = get_peft_model(model, config).base_model.model    # the HF model, adapters injected in place
     for name, p in model.named_parameters():
         train = "lora_" in name or (scalar and name.startswith(HEAD_PREFIXES)) or \

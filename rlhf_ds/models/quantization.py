@@ -32,6 +32,11 @@ CPU with gloo, 1 and 2 ranks; tests/lora/ keeps each finding tested):
   as views of the memory-mapped checkpoint, which keeps the whole file mapped with every page
   quantisation read (~the fp32 checkpoint per model in RSS); the loader copies them out
   (`rlhf_ds.models.lora.own_cpu_tensors`).
+* GPT-2's projections are transformers' `Conv1D` (weight stored (in, out)). transformers quantises
+  each as a Linear4bit of the transposed (out, in) weight, so the 4-bit model computes the same
+  function and peft adapts it as an ordinary linear layer (no fan_in_fan_out); only the merged
+  export must transpose those weights back for the plain GPT-2 class
+  (`rlhf_ds.engine.lora_export.conv1d_layout`). Tested in tests/lora/test_gpt2_conv1d.py.
 * DeepSpeed checkpoints of a 4-bit model hold bitsandbytes' quantisation constants as extra
   state-dict keys, so resume loads them non-strictly (`Engine.load_checkpoint`); tested to
   continue exactly.
