@@ -43,7 +43,10 @@ def _check_same_vocab(tokenizer, paths: List[str]) -> None:
 
 
 def _records(source: DataSource, kind: str, plan: EvalPlan, log, what: str, min_eval: int = 1) -> List:
-    records = load_stage_records(source.path, kind, None, plan.skip_invalid, log, what)
+    # A dataset named as held-out data is read at its test (else validation) split; a share of a
+    # training file is cut from that file's training split exactly as the training stage cut it.
+    records = load_stage_records(source.path, kind, None, plan.skip_invalid, log, what,
+                                 held_out=not source.held_out_share)
     if source.held_out_share:     # the same split the training stage made (same fraction, same seed)
         records = split_records(records, plan.eval_fraction, plan.seed, min_eval=min_eval)[1]
     return records
