@@ -28,7 +28,8 @@ The model (all per rank, bytes; p = parameters, T = trainable parameters, N = ra
 Which models a stage holds: SFT the policy; RM the scalar model; the RL stage the actor (trained),
 a critic (trained; only for an advantage estimator that needs one: gae), a reference (only with a
 KL term; none when it is the actor with adapters disabled) and a reward model (only when a reward
-source is one; none when it shares the critic's backbone). Peak = everything held + the largest phase: generation (KV cache +
+source is one; none when it shares the critic's backbone).
+Peak = everything held + the largest phase: generation (KV cache +
 generation copy) or training (activations of the actor or the critic, whichever is larger).
 This is an estimate, not a bound: allocator fragmentation, DeepSpeed's communication buckets and
 framework workspaces come on top (the 1 GiB overhead is meant to cover them on small runs).

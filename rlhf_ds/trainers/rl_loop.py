@@ -34,13 +34,13 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import RESUME_SCOPE, ConfigError
 from ..data.dataset import PromptDataset, SFTDataset
 from ..engine import CheckpointManager, GenerationSettings, barrier, export_pretrained, seed_everything
 from ..logging import progress
 from ..rl import AdaptiveKLController, FixedKLController, RunningMoments
 from ..rl.advantages import AdvantageEstimator, advantage_estimator
-from .common import BatchPlan, RunContext, ShardedSampler, plan_batches, resume_state
+from .common import BatchPlan, RunContext, ShardedSampler, mark_finished, plan_batches, resume_preflight, resume_state
 from .data_prep import load_stage_records, report_truncation, split_records
 from .ema import ShardedEMA
 from .ops import token_ops
@@ -55,6 +55,9 @@ from .rl_update import UpdateSettings, rl_update
 
 # The stage name (outputs in save_dir/<name>/, metrics, checkpoints, the summary's `algorithm`) of each
 # estimator when `ppo.algorithm` is not set.
+# What a resume compares with the checkpoint's configuration: PPO's scope, whichever algorithm, and the
+# reward sources.
+RL_RESUME_SCOPE = tuple(RESUME_SCOPE["ppo"]) + ("rewards",)
 ALGORITHM_NAMES = {"gae": "ppo", "grpo": "grpo", "dr_grpo": "dr_grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                    "reinforce_pp_baseline": "reinforce_pp_baseline"}
 
@@ -124,6 +127,10 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
     check_algorithm(p, estimator)
     stage = algorithm_name(p)
     out_dir = ctx.path(stage)
+    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", stage))
+    done = resume_preflight(ctx, ckpt, stage, [out_dir], config_scope=RL_RESUME_SCOPE)   # a finished stage stays
+    if done is not None:
+        return done
     needs_reference = p.kl_mode != "off"
     needs_reward_model = uses_reward_model(cfg)
     if needs_reward_model:
@@ -175,12 +182,13 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
              f"{p.minibatch_size}); advantages: {estimator.name}; models: actor"
              + (", critic" if critic else "") + (", reference" if engines.reference else "")
              + (", reward model" if engines.reward else "")
-             + f"; generation: {'hybrid engine' if engines.hybrid else 'plain ZeRO generate'}; per-token ops: {ops.name}")
+             + f"; generation: {'hybrid engine' if engines.hybrid else 'plain ZeRO generate'}; "
+             f"per-token ops: {ops.name}")
 
     # 0. resume
-    ckpt = CheckpointManager(os.path.join(cfg.save_dir, "checkpoints", stage))
     start, summary = 0, {}
-    state = resume_state(ctx, ckpt, engines.trained, stage, sampler, position_key="iteration")
+    state = resume_state(ctx, ckpt, engines.trained, stage, sampler, position_key="iteration",
+                         config_scope=RL_RESUME_SCOPE)
     if state is not None:
         start, summary = state["iteration"], state["summary"]
         kl_ctl.load_state_dict(state["kl_controller"])
@@ -303,7 +311,10 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
             export_pretrained(actor, "lm", out_dir + "_ema", tok, {"stage": f"{stage}-ema", "beta": p.ema_beta})
     barrier()
     engines.destroy()
-    return finish_summary(summary, stage, final, last_kl, tokens_total, work_s, time.time() - t_start, p.iterations)
+    summary = finish_summary(summary, stage, final, last_kl, tokens_total, work_s, time.time() - t_start,
+                             p.iterations)
+    mark_finished(ctx, ckpt, stage, p.iterations, summary, position_key="iteration")
+    return summary
 
 
 def update_settings(p, plan: RLPlan, settings: GenerationSettings, iteration: int, kl_coef: float,

@@ -6,16 +6,10 @@ from typing import Dict
 
 import torch
 
-from ..engine import all_reduce_max, all_reduce_sum
+from ..engine import all_reduce_max
+from .common import reduce_sums
 
-
-def reduce_sums(values: Dict[str, float]) -> Dict[str, float]:
-    """Each named value summed over ranks (one all-reduce for all of them, in fp64)."""
-    names = sorted(values)
-    if not names:
-        return {}
-    total = all_reduce_sum(torch.tensor([float(values[n]) for n in names], dtype=torch.float64))
-    return dict(zip(names, total.tolist()))
+__all__ = ["StatSums", "reduce_sums"]
 
 
 @dataclass

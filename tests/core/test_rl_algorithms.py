@@ -65,3 +65,20 @@ def test_each_estimator_runs_and_builds_only_what_it_needs(tmp_path, demo_task, 
     assert ("kl" in train[0]) == (kl_mode != "off")
     assert summary["algorithm"] == estimator and summary["gold_reward_final"] is not None
     assert (summary["kl_final"] is None) == (kl_mode == "off")
+
+
+def test_a_finished_rl_stage_is_left_alone_on_resume(tmp_path, demo_task, capsys):
+    out, summary, _ = _run(tmp_path, demo_task, "finished", ["--ppo.iterations=1", "--ppo.n_samples=2",
+                                                              "--ppo.minibatch_size=8"], recipe="grpo")
+    weights = os.path.join(out, "grpo", "model.safetensors")
+    stamp = os.stat(weights).st_mtime_ns
+    capsys.readouterr()
+    base = os.path.join(demo_task, "base_model")
+    again = create_rlhf_pipeline(None, [*TINY, f"--save_dir={out}", "--data.demo_eval_prompts=4", "--ppo.iterations=1",
+                                        "--ppo.rollout_batch_size=4", f"--model.sft_model_path={base}",
+                                        f"--model.reward_model_path={base}", "--save_interval=1", "--ppo.n_samples=2",
+                                        "--ppo.minibatch_size=8", "--resume=true"], recipe="grpo")
+    result = again.run_rl_training()
+    assert "grpo: finished earlier at iteration 1" in capsys.readouterr().out
+    assert os.stat(weights).st_mtime_ns == stamp
+    assert result["gold_reward_final"] == summary["gold_reward_final"]

@@ -58,8 +58,8 @@ def _draw(scores, rows, response_length=3, prompt_length=2):
     """A drawn batch whose rows carry their own index in the response, so a test can see which were kept."""
     b = len(scores)
     seqs = torch.cat([torch.full((b, prompt_length), 7), torch.tensor(rows).unsqueeze(1).expand(b, response_length)], 1)
-    rollout = Rollout(sequences=seqs, attention_mask=torch.ones_like(seqs),
-                      action_mask=torch.ones(b, response_length, dtype=torch.long), ended=torch.ones(b, dtype=torch.bool))
+    rollout = Rollout(sequences=seqs, attention_mask=torch.ones_like(seqs), ended=torch.ones(b, dtype=torch.bool),
+                      action_mask=torch.ones(b, response_length, dtype=torch.long))
     s = torch.tensor(scores, dtype=torch.float32)
     return Draw(rollout=rollout, scores=s, raw=s, parts={"model": SourceScores.everywhere(s)}, rows=list(rows))
 

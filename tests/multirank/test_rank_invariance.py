@@ -66,23 +66,28 @@ def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, stage,
 UPDATE = os.path.join(REPO, "tests", "multirank", "scripts", "rl_update_ranks.py")
 
 
-def test_rl_update_one_rank_equals_two_ranks_with_ptx(tmp_path, demo_task):
-    """The RL update (clipped policy loss, entropy bonus, ptx loss, value loss) of one global batch: 1 rank
-    with 2 micro-batches of 4 == 2 ranks with one micro-batch of 4 each. Before the ptx loss took the
-    global token count it was multiplied by the number of ranks (issue 14, item 1): actor grad norm 6.25
-    on 1 rank, 7.72 on 2."""
+@pytest.mark.parametrize("mode, keys", [
+    ("ppo", ("actor_grad_norm", "ptx_loss", "policy_loss", "entropy", "value_loss")),
+    ("grpo", ("actor_grad_norm", "ptx_loss", "policy_loss", "kl_loss", "clip_fraction_high")),
+])
+def test_rl_update_one_rank_equals_two_ranks_with_ptx(tmp_path, demo_task, mode, keys):
+    """The RL update of one global batch: 1 rank with 2 micro-batches of 4 == 2 ranks with one micro-batch of 4
+    each. ppo: clipped policy loss, entropy bonus, ptx loss, value loss. grpo: group advantages (a rank holds
+    whole groups), two epochs (the second moves the ratio, so the clip acts), the KL loss and per-sequence
+    aggregation, ptx. Before the ptx loss took the global token count it was multiplied by the number of ranks
+    (issue 14, item 1): actor grad norm 6.25 on 1 rank, 7.72 on 2 (ppo)."""
     import torch
 
     model_dir = os.path.join(demo_task, "base_model")
     out = {}
     for name, ranks in (("one", 1), ("two", 2)):
         prefix = str(tmp_path / name)
-        run_deepspeed(UPDATE, [model_dir, prefix, "4", "0.5"], ranks=ranks, timeout=600)
+        run_deepspeed(UPDATE, [model_dir, prefix, "4", "0.5", mode], ranks=ranks, timeout=600)
         out[name] = (torch.load(f"{prefix}.pt"), json.load(open(f"{prefix}.json")))
     (wa, sa), (wb, sb) = out["one"], out["two"]
     assert sa["ptx_loss"] > 0
-    for key in ("actor_grad_norm", "ptx_loss", "policy_loss", "entropy", "value_loss"):
-        assert sb[key] == pytest.approx(sa[key], rel=1e-4), key
+    for key in keys:
+        assert sb[key] == pytest.approx(sa[key], rel=1e-4, abs=1e-7), key
     base = _weights(model_dir)
     moved = [k for k in base if float((wa[k] - base[k]).norm()) > 0]
     assert moved, "the update changed no weight; the comparison would be empty"

@@ -154,7 +154,8 @@ def test_group_hand_values_with_a_constant_group_and_an_odd_size():
             "rloo": [-1.5, 0, 1.5, 0, 0, 0, -3, -3, 6]}
     for kind, values in want.items():
         adv, _ = _estimate(kind, rewards, mask, group_size=3)
-        torch.testing.assert_close(adv, torch.tensor(values, dtype=torch.float32).unsqueeze(1).expand(9, 2), atol=2e-6, rtol=1e-5)
+        want = torch.tensor(values, dtype=torch.float32).unsqueeze(1).expand(9, 2)
+        torch.testing.assert_close(adv, want, atol=2e-6, rtol=1e-5)
 
 
 def test_group_return_sums_the_kl_penalty_with_the_score():

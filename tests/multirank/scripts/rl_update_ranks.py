@@ -1,7 +1,10 @@
-"""One RL update (policy + entropy + ptx losses on the actor, value loss on the critic) of a fixed
-global batch, this rank taking its contiguous share; rank 0 writes the actor's weights afterwards.
-Run on 1 rank with gradient accumulation and on 2 ranks, the results must agree.
-Usage: rl_update_ranks.py MODEL_DIR OUT_PREFIX MICRO PTX_COEF"""
+"""One RL update of a fixed global batch, this rank taking its contiguous share; rank 0 writes the
+actor's weights afterwards. Run on 1 rank with gradient accumulation and on 2 ranks, the results must
+agree.
+  MODE ppo:  policy + entropy + ptx losses on the actor, value loss on the critic (random advantages)
+  MODE grpo: GRPO advantages of groups of 4 from fixed scores (a rank holds whole groups), the KL loss
+             against a reference, per-sequence loss aggregation, clip-higher, ptx; no critic
+Usage: rl_update_ranks.py MODEL_DIR OUT_PREFIX MICRO PTX_COEF [MODE]"""
 import json
 import sys
 
@@ -12,11 +15,13 @@ from rlhf_ds.engine import build_train_engine, init_distributed, shutdown_distri
 from rlhf_ds.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 from rlhf_ds.models.policy import PolicyModel
 from rlhf_ds.models.scalar_head import ScalarHeadModel
+from rlhf_ds.rl import ADVANTAGE_ESTIMATORS
 from rlhf_ds.trainers.rl_experience import Experience
 from rlhf_ds.trainers.rl_update import UpdateSettings, rl_update
 
 args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]   # the launcher adds it
 model_dir, out_prefix, micro, ptx_coef = args[0], args[1], int(args[2]), float(args[3])
+mode = args[4] if len(args) > 4 else "ppo"
 info = init_distributed("cpu")
 ROWS, P, R, T_PTX = 8, 6, 8, 14
 per_rank = ROWS // info.world_size
@@ -33,7 +38,8 @@ def engine(name, factory):
 
 
 actor = engine("actor", lambda: PolicyModel(load_causal_lm(model_dir, tokenizer=tok)))
-critic = engine("critic", lambda: ScalarHeadModel(load_scalar_model(model_dir, tokenizer=tok)))
+critic = (engine("critic", lambda: ScalarHeadModel(load_scalar_model(model_dir, tokenizer=tok))) if mode == "ppo"
+          else None)
 
 # The global batch, the same on every rank: left-padded prompts, responses of different lengths.
 g = torch.Generator().manual_seed(0)
@@ -55,13 +61,30 @@ ptx = SFTBatch(input_ids=ptx_ids, attention_mask=ptx_attn, labels=ptx_labels)
 
 with torch.no_grad():
     actor.eval()
-    critic.eval()
     old_lp = actor(seqs[mine], attn[mine], num_scored=R)["logprobs"]
-    old_values = critic(seqs[mine], attn[mine], num_values=R)["values"]
     actor.train()
-    critic.train()
-exp = Experience(sequences=seqs[mine], attention_mask=attn[mine], action_mask=action[mine], old_logprobs=old_lp,
-                 advantages=advantages[mine], ref_logprobs=old_lp, old_values=old_values, returns=returns[mine])
+if mode == "ppo":
+    with torch.no_grad():
+        critic.eval()
+        old_values = critic(seqs[mine], attn[mine], num_values=R)["values"]
+        critic.train()
+    exp = Experience(sequences=seqs[mine], attention_mask=attn[mine], action_mask=action[mine], old_logprobs=old_lp,
+                     advantages=advantages[mine], ref_logprobs=old_lp, old_values=old_values, returns=returns[mine])
+    settings = UpdateSettings(ppo_epochs=1, minibatch_per_rank=per_rank, micro=micro, clip_range=0.2, dual_clip=None,
+                              value_clip=None, entropy_coef=0.01, temperature=1.0, ptx_coef=ptx_coef)
+else:
+    # Scores at each row's last response token; the reference differs from the policy by a fixed amount.
+    scores = torch.randn(ROWS, generator=g)
+    last = action.cumsum(1).argmax(1)
+    rewards = torch.zeros(ROWS, R)
+    rewards[torch.arange(ROWS), last] = scores
+    adv, _ = ADVANTAGE_ESTIMATORS["grpo"].fn(rewards[mine], action[mine], group_size=4)
+    ref_shift = 0.3 * torch.randn(ROWS, R, generator=g)
+    exp = Experience(sequences=seqs[mine], attention_mask=attn[mine], action_mask=action[mine], old_logprobs=old_lp,
+                     advantages=adv, ref_logprobs=old_lp + ref_shift[mine])
+    settings = UpdateSettings(ppo_epochs=2, minibatch_per_rank=per_rank, micro=micro, clip_range=0.2, dual_clip=None,
+                              value_clip=None, entropy_coef=0.0, temperature=1.0, ptx_coef=ptx_coef,
+                              clip_range_high=0.28, loss_aggregation="seq_mean_token_mean", kl_loss_coef=0.1)
 
 
 def ptx_batches():
@@ -69,10 +92,7 @@ def ptx_batches():
         yield from ptx.index(mine).split(micro)
 
 
-stats = rl_update(exp, actor, critic, UpdateSettings(ppo_epochs=1, minibatch_per_rank=per_rank, micro=micro,
-                                                      clip_range=0.2, dual_clip=None, value_clip=None,
-                                                      entropy_coef=0.01, temperature=1.0, ptx_coef=ptx_coef),
-                   ptx_batches)
+stats = rl_update(exp, actor, critic, settings, ptx_batches)
 stats["actor_grad_norm"] = actor.global_grad_norm
 weights = actor.full_state_dict()
 if info.is_main:
