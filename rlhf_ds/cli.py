@@ -1,10 +1,12 @@
 """Command-line entry points behind `launch/*.py`.
 
     deepspeed launch/train_ppo.py --deepspeed configs/zero3.json [--config FILE] [--save_dir DIR]
-                                  [--resume] [--section.key=value ...]
+                                  [--task describe|arithmetic] [--resume] [--section.key=value ...]
 
-`--deepspeed` is short for `--deepspeed.config`; `--local_rank`, which the deepspeed launcher
-adds, is accepted and ignored (the rank comes from the environment). `--help` lists every key.
+`--deepspeed` is short for `--deepspeed.config`; `--task arithmetic` runs the embedded arithmetic
+task (rule rewards from code) instead of the describe demo when no model is given; `--local_rank`,
+which the deepspeed launcher adds, is accepted and ignored (the rank comes from the environment).
+`--help` lists every key.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import List, Optional, Tuple
 
 from .config import ConfigError, describe
 
-USAGE = ("usage: {prog} [--deepspeed DS_JSON] [--config FILE.yaml|json] [--save_dir DIR] [--resume] "
+USAGE = ("usage: {prog} [--deepspeed DS_JSON] [--config FILE.yaml|json] [--save_dir DIR] [--task TASK] [--resume] "
          "[--section.key=value ...]\n       {prog} --help   (every key, its default and allowed values)")
 
 
@@ -107,5 +109,6 @@ def main_dpo(argv: Optional[List[str]] = None) -> None:
 
 def main_grpo(argv: Optional[List[str]] = None) -> None:
     """The GRPO recipe (config_schema.RL_RECIPES["grpo"], under any file or command-line value): SFT and
-    reward model when missing, then GRPO, then the summary."""
+    reward model when missing (no reward model when the rewards come from code, as with --task
+    arithmetic), then GRPO, then the summary."""
     _run("train_grpo.py", argv, lambda pipe: pipe.run_full_pipeline(), recipe="grpo")

@@ -70,19 +70,17 @@ class RLHFPipeline:
 
     # ------------------------------------------------------------------ setup
     def _prepare_demo(self) -> None:
-        from . import tasks
+        """The embedded task's files (`task`: describe, arithmetic), built on rank 0 under save_dir/task/
+        (reused when built with the same arguments), then read by every rank."""
+        from .tasks.registry import embedded_task
 
-        d = self.cfg.data
-        sizes = dict(sft=d.demo_sft_records, preference=d.demo_preference_records, prompts=d.demo_prompt_records,
-                     eval_prompts=d.demo_eval_prompts, ranking=max(1, d.demo_ranking_records))
+        task = embedded_task(self.cfg.task)
         task_dir = os.path.join(self.cfg.save_dir, "task")
         if self.dist.is_main:
-            tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch, ranking_k=d.demo_ranking_k,
-                               **sizes)
+            task.prepare(task_dir, self.cfg)
         barrier()
-        self.task_paths = tasks.prepare_demo(task_dir, seed=self.cfg.seed, arch=self.cfg.model.arch,
-                                             ranking_k=d.demo_ranking_k, **sizes)
-        self.gold_fn, self.gold_max = tasks.gold_rewards, float(tasks.GOLD_REWARD_MAX)
+        self.task_paths = task.prepare(task_dir, self.cfg)
+        self.gold_fn, self.gold_max = task.gold_reward, task.gold_max
 
     def _context(self) -> RunContext:
         return RunContext(cfg=self.cfg, dist=self.dist, ds_config=self.ds_config, precision=self.precision,
@@ -173,6 +171,18 @@ class RLHFPipeline:
 
     run_ppo_training = run_rl_training    # the name it had when PPO was the only RL algorithm
 
+    def _task_figures(self) -> List[str]:
+        """eval_<name> of the embedded task's sampled evaluation (none for a model of the user's)."""
+        from .tasks.registry import sample_evaluation
+
+        task_eval = sample_evaluation(self.cfg)
+        return [] if task_eval is None else [f"eval_{k}" for k in task_eval.figures]
+
+    def _rl_plots(self) -> List[str]:
+        """The RL stage's curves: RL_PLOTS, and each reward source's own mean when there are several."""
+        labels = [src.label() for src in self.cfg.rewards.sources]
+        return RL_PLOTS + ([f"reward/{name}" for name in labels] if len(labels) > 1 else [])
+
     def _require(self, path: str, what: str) -> str:
         """`path` must be a model directory, or a hub id (`org/name`, not an existing local path)."""
         looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and not os.path.exists(path)
@@ -244,12 +254,20 @@ class RLHFPipeline:
         sft, final, top = s.get("gold_reward_sft"), s.get("gold_reward_final"), self.gold_max
         if None not in (sft, final, top) and top > sft:
             s["gold_gap_closed"] = (final - sft) / (top - sft)
+        # With several samples per question: the share of the gap between the SFT policy's pass@1 and its
+        # pass@n (what picking the right one of n samples reaches) that RL closed.
+        acc_sft, acc_final, reach = s.get("accuracy_sft"), s.get("accuracy_final"), s.get("pass_at_n_sft")
+        if None not in (acc_sft, acc_final, reach) and reach > acc_sft:
+            s["accuracy_gap_closed"] = (acc_final - acc_sft) / (reach - acc_sft)
         if self.dist.is_main:
             path = os.path.join(self.cfg.save_dir, "logs", "summary.json")
             write_text_atomic(path, json.dumps(s, indent=2))
             if self.cfg.logging.plots:
-                rl = {} if "dpo_steps" in s else {s.get("algorithm", "ppo"): RL_PLOTS}   # offline ones log as dpo
+                rl = {} if "dpo_steps" in s else {s.get("algorithm", "ppo"): self._rl_plots()}   # offline: as dpo
                 write_plots(self.metrics.path, self.path("plots"), {**PLOTS, **rl})
+                if "dpo_steps" not in s and self._task_figures():
+                    write_eval_curves(self.metrics.path, self.path("plots"), s.get("algorithm", "ppo"),
+                                      self._task_figures())
             self.log.info("summary: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s.items()
                                                   if k not in ("tokens_total", "work_s")))
         self.metrics.close()
@@ -261,16 +279,111 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def write_eval_curves(metrics_path: str, out_dir: str, stage: str, keys: List[str]) -> Optional[str]:
+    """plots/<stage>_eval.png: each held-out figure of `keys` from before training (step 0) through the
+    periodic evaluations to the final one (logged as final_<key>), so the curve ends where the run did."""
+    if not os.path.exists(metrics_path):
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path, encoding="utf-8") as f:
+        rows = [r for r in (json.loads(line) for line in f if line.strip()) if r.get("stage") == stage]
+    curves = {k: sorted((r["step"], r.get(k, r.get(f"final_{k}"))) for r in rows
+                        if isinstance(r.get(k, r.get(f"final_{k}")), (int, float))) for k in keys}
+    curves = {k: pts for k, pts in curves.items() if pts}
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for k, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=k)
+    ax.set_xlabel("iteration")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{stage}: held-out evaluation")
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{stage}_eval.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def create_rlhf_pipeline(source: Any = None, overrides: Optional[List[str]] = None,
                          recipe: Optional[str] = None) -> RLHFPipeline:
     """A pipeline from a config (RLHFConfig, dict, JSON/YAML path, or None for the demo) plus
     `--section.key=value` overrides. `recipe` names an RL recipe (config_schema.RL_RECIPES, with its
     demo values when no model is given) applied under the file and the overrides."""
-    if recipe is None:
-        return RLHFPipeline(load_config(source, overrides))
-    if source is not None and not isinstance(source, (str, os.PathLike)):
-        raise ConfigError("an RL recipe goes with a config file path or the demo, not a config object")
-    file = str(source) if source is not None else None
-    demo = load_config(source, overrides).is_demo
-    return RLHFPipeline(build_config(file=file, overrides=parse_overrides(overrides or []),
-                                     base=recipe_layer(recipe, demo)))
+    return RLHFPipeline(pipeline_config(source, overrides, recipe))
+
+
+def pipeline_config(source: Any = None, overrides: Optional[List[str]] = None,
+                    recipe: Optional[str] = None) -> RLHFConfig:
+    """The configuration `create_rlhf_pipeline` runs with. Layers, later ones winning: defaults, the
+    demo preset (no model given), the embedded task's preset and RL values (`task`, e.g. arithmetic),
+    the recipe's keys, then the file (or dict) and the command line."""
+    if isinstance(source, RLHFConfig):
+        if recipe is not None:
+            raise ConfigError("an RL recipe goes with a config file path or the demo, not a config object")
+        cfg = load_config(source, overrides)
+        embedded_task_of(cfg.task, cfg.model.name_or_path)      # a whole config: every value is already stated
+        return cfg
+    task_name, model = _stated(source, overrides)
+    task = embedded_task_of(task_name, model)
+    if recipe is None and task is None:
+        return load_config(source, overrides)
+    base = recipe_layer(recipe, model is None and task is None) if recipe is not None else {}
+    if task is not None:
+        # The task's preset and RL values win over the recipe's keys (its describe-tuned demo values are
+        # left out); the user's file and command line win over both.
+        layer = task.layer(recipe or "ppo")
+        base = {**layer, "ppo": {**base.get("ppo", {}), **layer.get("ppo", {})}}
+    parsed = parse_overrides(overrides or [])
+    if isinstance(source, dict):
+        return build_config(base=_merge_layers(base, source), overrides=parsed)
+    return build_config(file=str(source) if source is not None else None, overrides=parsed, base=base)
+
+
+def _stated(source: Any, overrides: Optional[List[str]]):
+    """(task, model.name_or_path) as the file or dict and the command line state them, before any preset
+    is chosen (a full build here would check values against the wrong preset). Read through the config's
+    own layer merging, so flat keys and errors are the same as in build_config."""
+    from .config import _load_file, _merge_layer
+
+    merged: Dict[str, Any] = {}
+    if isinstance(source, dict):
+        _merge_layer(merged, source, "config")
+    elif source is not None:
+        data, lines = _load_file(str(source))
+        _merge_layer(merged, data, str(source), lines)
+    _merge_layer(merged, parse_overrides(overrides or []), "command line")
+    task = merged.get("task", ("describe", ""))[0]
+    model = merged.get("model", {}).get("name_or_path", (None, ""))[0]
+    if model is not None and str(model).strip().lower() in ("none", "null", ""):
+        model = None
+    return task, model
+
+
+def embedded_task_of(task: str, model: Optional[str]):
+    """The embedded task whose preset applies (config `task`; the describe demo's preset is DEMO_PRESET,
+    applied by the config itself), or None. A task brings the demo's data and tiny model: with a model
+    of the user's it is an error, not a silently unused key. An unknown name is left to the config's
+    own check (one line naming the allowed values)."""
+    from .tasks.registry import embedded_task, task_names
+
+    if task == "describe" or task not in task_names():
+        return None
+    if model is not None:
+        raise ConfigError(f"task: {task} is an embedded task (its own data and tiny model); it runs without "
+                          f"model.name_or_path, which is {model!r}")
+    return embedded_task(task)
+
+
+def _merge_layers(low: Dict[str, Any], high: Dict[str, Any]) -> Dict[str, Any]:
+    """`high` over `low`, section by section."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in low.items()}
+    for k, v in high.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

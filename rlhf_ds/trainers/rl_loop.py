@@ -45,7 +45,7 @@ from .data_prep import load_stage_records, report_truncation, split_records
 from .ema import ShardedEMA
 from .ops import token_ops
 from .rl_engines import RLEngines, build_rl_engines
-from .rl_eval import evaluate_policy
+from .rl_eval import eval_summary, evaluate_policy
 from .rl_experience import Experience, advantages_step, loss_mask, score_rollout
 from .rl_metrics import reduce_sums
 from .rl_rewards import (build_reward_sources, decode_responses, last_user_text, score_rollout_rewards, shape_scores,
@@ -227,7 +227,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
         # Each rank samples its own stream (a resumed run restores these states from the checkpoint).
         seed_everything(cfg.seed + 1 + dist.rank)
         first = evaluate()
-        summary = {"gold_reward_sft": first.get("eval_gold_reward"), "reward_sft": first["eval_reward"]}
+        summary = {"gold_reward_sft": first.get("eval_gold_reward"), "reward_sft": first["eval_reward"],
+                   **eval_summary(cfg, first, "sft")}       # the task's own figures (accuracy_sft, ...)
         if dist.is_main:
             ctx.metrics.log(stage, 0, first)
         log.info(f"{stage}: before training " + ", ".join(f"{k}={v:.4g}" for k, v in first.items()))
@@ -313,6 +314,7 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
     engines.destroy()
     summary = finish_summary(summary, stage, final, last_kl, tokens_total, work_s, time.time() - t_start,
                              p.iterations)
+    summary.update(eval_summary(cfg, final, "final"))
     mark_finished(ctx, ckpt, stage, p.iterations, summary, position_key="iteration")
     return summary
 
