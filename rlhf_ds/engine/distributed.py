@@ -114,7 +114,25 @@ def shutdown_distributed() -> None:
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+    _forget_deepspeed_groups()
     _INFO = None
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches groups it derived from the world (its clone of the world group, expert
+    and all-to-all groups, a device mesh). Once the world is destroyed they are dead handles, and
+    the next engine in this process (a second pipeline, a notebook, a test run) fails with "Group
+    ... is not registered"; forget them so that they are derived again from the new world."""
+    from deepspeed.utils import groups
+
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "mesh_device"):
+        if hasattr(groups, name):
+            setattr(groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
+        cache = getattr(groups, name, None)
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def get_info() -> DistInfo:
