@@ -36,6 +36,7 @@ import torch
 
 from ..config import RESUME_SCOPE, ConfigError
 from ..data.dataset import PromptDataset, SFTDataset
+from ..data.records import PromptRecord
 from ..engine import CheckpointManager, GenerationSettings, barrier, export_pretrained, seed_everything
 from ..logging import progress
 from ..rl import AdaptiveKLController, FixedKLController, RunningMoments
@@ -138,19 +139,9 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
         check_same_vocabulary(tok, reward_path)
 
     # 0. data: training prompts, held-out prompts, optional ptx data
-    records = load_stage_records(prompt_path, "prompt", None, cfg.data.skip_invalid, log, f"{stage} prompts")
-    if eval_prompt_path:
-        eval_records = load_stage_records(eval_prompt_path, "prompt", None, cfg.data.skip_invalid, log,
-                                          f"{stage} eval prompts")
-    else:
-        records, eval_records = split_records(records, cfg.data.eval_fraction, cfg.seed, min_eval=dist.world_size)
-    prompts = PromptDataset(records, tok, cfg.data.max_prompt_length)
-    eval_prompts = PromptDataset(eval_records, tok, cfg.data.max_prompt_length)
-    report_truncation(prompts, log, f"{stage} prompts")
-    ptx_ds = None
-    if p.ptx_coef > 0:
-        ptx_recs = load_stage_records(ptx_path, "sft", None, cfg.data.skip_invalid, log, "ptx data")
-        ptx_ds = SFTDataset(ptx_recs, tok, cfg.data.max_length, cfg.data.max_prompt_length)
+    data = load_rl_data(ctx, stage, prompt_path, eval_prompt_path, ptx_path)
+    records, prompts, eval_records, eval_prompts, ptx_ds = (data.records, data.prompts, data.eval_records,
+                                                             data.eval_prompts, data.ptx)
 
     # 0. batch plan: `rollout_batch_size` prompts x `n_samples` completions, optimizer steps of `minibatch_size`
     plan = plan_rl(p, dist.world_size)
@@ -254,12 +245,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
         with timer.phase("training"):                                                                   # 6.
             upd = rl_update(exp, actor, critic, update_settings(p, plan, settings, it, kl_ctl.value, cfg.seed),
                             ptx_batches if ptx_ds is not None else None, ema.update if ema is not None else None)
-        # 7. KL controller, on the mean per-sequence KL of this rollout (all ranks)
-        mask = rollout.action_mask
-        totals = reduce_sums({"kl": float(adv.kl.sum()), "sequences": float(len(mask)),
-                              "reward": float(d.raw.double().sum()), "reward_sq": float((d.raw.double() ** 2).sum()),
-                              "score": float(scores.double().sum()), "tokens": float(mask.sum()),
-                              "ended": float(rollout.ended.sum())})
+        # 7. KL controller, on the mean per-sequence KL of this rollout (all ranks); the iteration's figures
+        totals = rollout_totals(rollout, d, scores, adv.kl)
         n = totals["sequences"]
         seq_kl = totals["kl"] / n
         if needs_reference:
@@ -268,17 +255,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
         phases = timer.pop()
         tokens_total += int(totals["tokens"])
         work_s += sum(phases.values())
-        reward_mean = totals["reward"] / n
-        metrics = {"reward_mean": reward_mean,
-                   "reward_std": math.sqrt(max(0.0, totals["reward_sq"] / n - reward_mean ** 2)),
-                   "score_mean": totals["score"] / n, **source_means(d.parts), **sampling_metrics(sampled),
-                   "response_length": totals["tokens"] / n, "eos_fraction": totals["ended"] / n,
-                   "truncation_rate": 1.0 - totals["ended"] / n, "lr_actor": actor.lr,
-                   **({"kl": seq_kl, "kl_coef": kl_ctl.value} if needs_reference else {}),
-                   **({"lr_critic": critic.lr} if critic is not None else {}),
-                   **{f"time_{k}": v for k, v in phases.items()},
-                   "tokens_per_s": totals["tokens"] / max(1e-9, sum(phases.values())),
-                   "generation_tokens_per_s": totals["tokens"] / max(1e-9, phases.get("generation", 0.0))}
+        metrics = iteration_metrics(totals, phases, d, sampled, actor, critic,
+                                    {"kl": seq_kl, "kl_coef": kl_ctl.value} if needs_reference else {})
         metrics.update(upd)
         if ctx.gold_reward_fn is not None:
             gold = ctx.gold_reward_fn([last_user_text(records[i]) for i in d.rows], decode_responses(tok, rollout))
@@ -288,7 +266,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
             last_eval = evaluate()
             metrics.update(last_eval)
         bar.update(1)
-        bar.set_postfix(reward=f"{reward_mean:.3f}", **({"kl": f"{seq_kl:.3f}"} if needs_reference else {}),
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}",
+                        **({"kl": f"{seq_kl:.3f}"} if needs_reference else {}),
                         **({"gold": f"{metrics['gold_reward']:.3f}"} if "gold_reward" in metrics else {}))
         if dist.is_main and ((it + 1) % cfg.logging.log_interval == 0 or it + 1 == p.iterations or last_eval):
             ctx.metrics.log(stage, it + 1, metrics)
@@ -317,6 +296,64 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
     summary.update(eval_summary(cfg, final, "final"))
     mark_finished(ctx, ckpt, stage, p.iterations, summary, position_key="iteration")
     return summary
+
+
+@dataclass
+class RLData:
+    records: List[PromptRecord]            # training prompts
+    prompts: PromptDataset
+    eval_records: List[PromptRecord]       # held-out prompts
+    eval_prompts: PromptDataset
+    ptx: Optional[SFTDataset]              # the pretraining (SFT) mix, when ppo.ptx_coef > 0
+
+
+def load_rl_data(ctx: RunContext, stage: str, prompt_path: str, eval_prompt_path: Optional[str],
+                 ptx_path: Optional[str]) -> RLData:
+    """Training and held-out prompts (a held-out share of the training file when no eval path is given)
+    and the ptx data, tokenized."""
+    cfg, log, tok = ctx.cfg, ctx.log, ctx.tokenizer
+    records = load_stage_records(prompt_path, "prompt", None, cfg.data.skip_invalid, log, f"{stage} prompts")
+    if eval_prompt_path:
+        eval_records = load_stage_records(eval_prompt_path, "prompt", None, cfg.data.skip_invalid, log,
+                                          f"{stage} eval prompts")
+    else:
+        records, eval_records = split_records(records, cfg.data.eval_fraction, cfg.seed,
+                                              min_eval=ctx.dist.world_size)
+    prompts = PromptDataset(records, tok, cfg.data.max_prompt_length)
+    report_truncation(prompts, log, f"{stage} prompts")
+    ptx = None
+    if cfg.ppo.ptx_coef > 0:
+        ptx_records = load_stage_records(ptx_path, "sft", None, cfg.data.skip_invalid, log, "ptx data")
+        ptx = SFTDataset(ptx_records, tok, cfg.data.max_length, cfg.data.max_prompt_length)
+    return RLData(records=records, prompts=prompts, eval_records=eval_records,
+                  eval_prompts=PromptDataset(eval_records, tok, cfg.data.max_prompt_length), ptx=ptx)
+
+
+def rollout_totals(rollout, draw: Draw, scores: torch.Tensor, kl: torch.Tensor) -> Dict[str, float]:
+    """The sums an iteration reports, over all ranks."""
+    raw = draw.raw.double()
+    return reduce_sums({"kl": float(kl.sum()), "sequences": float(len(rollout.action_mask)),
+                        "reward": float(raw.sum()), "reward_sq": float((raw ** 2).sum()),
+                        "score": float(scores.double().sum()), "tokens": float(rollout.action_mask.sum()),
+                        "ended": float(rollout.ended.sum())})
+
+
+def iteration_metrics(totals: Dict[str, float], phases: Dict[str, float], draw: Draw, sampled, actor, critic,
+                      kl: Dict[str, float]) -> Dict[str, float]:
+    """What an iteration logs besides the update's statistics: rewards (combined, per source, after
+    shaping), sampling (zero-spread groups, dropped groups), lengths, KL, learning rates, timings."""
+    n = totals["sequences"]
+    reward_mean = totals["reward"] / n
+    work = sum(phases.values())
+    return {"reward_mean": reward_mean,
+            "reward_std": math.sqrt(max(0.0, totals["reward_sq"] / n - reward_mean ** 2)),
+            "score_mean": totals["score"] / n, **source_means(draw.parts), **sampling_metrics(sampled),
+            "response_length": totals["tokens"] / n, "eos_fraction": totals["ended"] / n,
+            "truncation_rate": 1.0 - totals["ended"] / n, **kl, "lr_actor": actor.lr,
+            **({"lr_critic": critic.lr} if critic is not None else {}),
+            **{f"time_{k}": v for k, v in phases.items()},
+            "tokens_per_s": totals["tokens"] / max(1e-9, work),
+            "generation_tokens_per_s": totals["tokens"] / max(1e-9, phases.get("generation", 0.0))}
 
 
 def update_settings(p, plan: RLPlan, settings: GenerationSettings, iteration: int, kl_coef: float,
