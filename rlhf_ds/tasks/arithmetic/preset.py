@@ -22,11 +22,15 @@ PRESET = {
     "rewards": {"sources": REWARD_SOURCES},
 }
 
-# The RL stage's values for this task (`ppo` section), under the recipe's own keys (config_schema.RL_RECIPES):
-# "*" for every algorithm, then per recipe. Demo tuning, measured with the figures in the README.
+# The RL stage's values for this task (`ppo` section), over the recipe's own keys (config_schema.RL_RECIPES):
+# "*" for every algorithm, then per recipe (PPO samples once per prompt, so it takes more prompts).
+# Demo tuning on 2 ranks from the same SFT policy (held-out pass@1 0.22, pass@8 0.87), GRPO, share of
+# the pass@1 -> pass@8 gap closed: 30 iterations at lr 1e-4, KL 0.05: 0.37; 40 at lr 3e-4, KL 0.01:
+# 0.61 (pass@1 fell back to 0.47 at iteration 35); 40 at lr 5e-4: 0.35 (unstable); 50 at lr 2e-4, KL
+# 0.01: 0.65, rising steadily.
 RL_PRESETS = {
-    "*": {"iterations": 30, "rollout_batch_size": 32, "minibatch_size": 64, "ppo_epochs": 1, "policy_lr": 1e-4,
-          "kl_coef": 0.05, "eval_interval": 5},
+    "*": {"iterations": 50, "rollout_batch_size": 32, "minibatch_size": 64, "ppo_epochs": 1, "policy_lr": 2e-4,
+          "kl_coef": 0.01, "eval_interval": 5},
     "ppo": {"rollout_batch_size": 128, "minibatch_size": 64},
 }
 # Samples per held-out question for pass@n at each evaluation.
