@@ -419,9 +419,10 @@ DEMO_PRESET: Dict[str, Dict[str, Any]] = {
     "data": {"max_length": 64, "max_prompt_length": 24},
     "sft": {"epochs": 3.0, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.05},
     "reward": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-3},
-    # The settings of the TRL comparison in issue 17 (one epoch over the 6,000 pairs, beta 0.1, cosine decay
-    # from the first step: no warm-up, as TRL's default).
-    "dpo": {"epochs": 1.0, "batch_size": 32, "learning_rate": 5e-4, "beta": 0.1, "warmup_ratio": 0.0},
+    # One epoch over the 6,000 pairs, beta 0.1, cosine decay from the first step (no warm-up, as TRL's default).
+    # Measured on 2 ranks from the demo's SFT model (gold 0.551): learning rate 5e-4 closed 83% of the gold gap
+    # without warm-up and 78% with 3% warm-up; 1e-3 closed 87% at the same KL to the SFT policy (4.5 nats).
+    "dpo": {"epochs": 1.0, "batch_size": 32, "learning_rate": 1e-3, "beta": 0.1, "warmup_ratio": 0.0},
     # A per-token KL coefficient of 0.2 keeps the policy from exploiting the small reward model: at
     # 0.02 the held-out gold reward peaked near iteration 20 and then fell while the RM score rose.
     "ppo": {"iterations": 50, "rollout_batch_size": 64, "minibatch_size": 32, "ppo_epochs": 2,

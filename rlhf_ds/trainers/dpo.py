@@ -118,12 +118,14 @@ def dpo_loss_of(c, policy: Dict[str, torch.Tensor], ref: Optional[torch.Tensor],
 def _figures(stats: Dict[str, torch.Tensor], policy: Dict[str, torch.Tensor], n: int) -> Dict[str, float]:
     """Sums over the batch's pairs of what is reported (stats are means over them)."""
     out = {k: float(v) * n for k, v in stats.items()}
-    out.update(logps_chosen=float(policy["chosen"].detach().sum()), logps_rejected=float(policy["rejected"].detach().sum()))
+    out.update(logps_chosen=float(policy["chosen"].detach().sum()),
+               logps_rejected=float(policy["rejected"].detach().sum()))
     return out
 
 
 @torch.no_grad()
-def evaluate_pairs(ctx: RunContext, engine, refs: References, dataset: ResponsesDataset, micro: int) -> Dict[str, float]:
+def evaluate_pairs(ctx: RunContext, engine, refs: References, dataset: ResponsesDataset,
+                   micro: int) -> Dict[str, float]:
     """Over every held-out pair (all ranks): mean loss, implicit rewards, margin, accuracy and log-probs."""
     c = ctx.cfg.dpo
     engine.eval()
@@ -135,7 +137,7 @@ def evaluate_pairs(ctx: RunContext, engine, refs: References, dataset: Responses
             continue
         n = batch.input_ids.shape[0]
         loss, stats = dpo_loss_of(c, policy, ref, num_pairs=1)       # the sum over the batch's pairs
-        for k, v in {"loss": float(loss) , **_figures(stats, policy, n)}.items():
+        for k, v in {"loss": float(loss), **_figures(stats, policy, n)}.items():
             sums[k] = sums.get(k, 0.0) + v
         sums["pairs"] += n
     engine.train()
@@ -211,7 +213,8 @@ def dpo_stage(ctx: RunContext, sft_path: str, data_path: str, eval_prompt_path: 
 
     start, finish = held_out_hooks(ctx, refs, eval_prompt_path, micro, lambda: stage)
     stage = Stage(schedule=c, train_data=train_ds, eval_data=eval_ds, model=policy_model(ctx, sft_path), loss=loss,
-                  prepare=lambda engine, batch: {"pairs": float(c.batch_size)}, rate="pairs", evaluate=lambda engine, m: evaluate_pairs(ctx, engine, refs, eval_ds, m), metric="eval_loss",
+                  prepare=lambda engine, batch: {"pairs": float(c.batch_size)}, rate="pairs",
+                  evaluate=lambda engine, m: evaluate_pairs(ctx, engine, refs, eval_ds, m), metric="eval_loss",
                   higher_is_better=False, result=result, start=start, finish=finish,
                   describe=f", loss {c.loss_type}, beta {c.beta}, reference: {refs.describe()}")
     return stage

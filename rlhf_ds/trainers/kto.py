@@ -95,12 +95,13 @@ def kto_stage(ctx: RunContext, sft_path: str, data_path: str, eval_prompt_path: 
                 "rewards_undesirable": means["rewards_undesirable_sum"] / max(means["num_undesirable"], 1e-12)}
 
     def result(steps, best):
-        return {"algorithm": ALGORITHM["kto"], "dpo_steps": steps, "gold_reward_sft": stage.state.get("gold_reward_sft"),
-                **{f"dpo_{k}": v for k, v in best.items()}}
+        return {"algorithm": ALGORITHM["kto"], "dpo_steps": steps,
+                "gold_reward_sft": stage.state.get("gold_reward_sft"), **{f"dpo_{k}": v for k, v in best.items()}}
 
     start, finish = held_out_hooks(ctx, refs, eval_prompt_path, micro, lambda: stage)
     stage = Stage(schedule=c, train_data=train_ds, eval_data=eval_ds, model=policy_model(ctx, sft_path), loss=loss,
-                  prepare=prepare, rate="examples", figures=figures, evaluate=lambda engine, m: evaluate_kto(ctx, engine, refs, eval_ds, m),
+                  prepare=prepare, rate="examples", figures=figures,
+                  evaluate=lambda engine, m: evaluate_kto(ctx, engine, refs, eval_ds, m),
                   metric="eval_loss", higher_is_better=False, result=result, start=start, finish=finish,
                   describe=f", loss kto, beta {c.beta}, reference: {refs.describe()}")
     return stage
@@ -139,4 +140,5 @@ def evaluate_kto(ctx: RunContext, engine, refs: References, dataset: ResponsesDa
 
 def train_kto(ctx: RunContext, sft_path: str, data_path: str, out_dir: Optional[str] = None,
               eval_prompt_path: Optional[str] = None) -> Dict[str, float]:
-    return run_stage(ctx, "dpo", out_dir or ctx.path("dpo"), lambda: kto_stage(ctx, sft_path, data_path, eval_prompt_path))
+    return run_stage(ctx, "dpo", out_dir or ctx.path("dpo"),
+                     lambda: kto_stage(ctx, sft_path, data_path, eval_prompt_path))

@@ -56,7 +56,8 @@ def reference_engine(ctx: RunContext, sft_path: str, micro: int):
     cfg = ctx.cfg
     ops = token_ops(cfg.ppo.use_kernels)
     return build_inference_engine(
-        "reference", lambda: PolicyModel(causal_lm(ctx, sft_path, "reference"), ops, fused_head=cfg.model.fused_lm_head),
+        "reference",
+        lambda: PolicyModel(causal_lm(ctx, sft_path, "reference"), ops, fused_head=cfg.model.fused_lm_head),
         ctx.ds_config, micro_batch_size=micro, precision=ctx.precision, offload_params=cfg.deepspeed.offload_inference,
         seed=cfg.seed)
 

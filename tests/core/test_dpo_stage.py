@@ -25,8 +25,8 @@ def _head(src, dst, n):
 def _args(save_dir, *extra):
     task = os.path.join(save_dir, "task")
     eval_pairs = _head(os.path.join(task, "data", "preference_eval.jsonl"), os.path.join(save_dir, "pe.jsonl"), 24)
-    return [*TINY, f"--save_dir={save_dir}", f"--model.sft_model_path={task}/base_model", f"--dpo.eval_path={eval_pairs}",
-            "--data.demo_eval_prompts=8", "--dpo.max_steps=3", "--dpo.batch_size=8", *extra]
+    return [*TINY, f"--save_dir={save_dir}", f"--model.sft_model_path={task}/base_model",
+            f"--dpo.eval_path={eval_pairs}", "--data.demo_eval_prompts=8", "--dpo.max_steps=3", "--dpo.batch_size=8", *extra]
 
 
 def _hf_logps(model, example, k):
