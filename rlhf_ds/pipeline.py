@@ -1,4 +1,5 @@
-"""RLHFConfig -> run_sft -> run_reward_training -> run_rl_training, with outputs as in DESIGN.md.
+"""RLHFConfig -> run_sft -> run_reward_training -> run_rl_training, with outputs as in docs/architecture.md
+(Conventions: the outputs of a run).
 
     pipeline = create_rlhf_pipeline("configs/demo.yaml", ["--ppo.iterations=10"])
     summary = pipeline.run_full_pipeline()
@@ -22,6 +23,7 @@ from .config import ConfigError, RLHFConfig, build_config, load_config, parse_ov
 from .config_schema import recipe_layer
 from .engine import (barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything,
                      zero_stage)
+from .errors import UserError
 from .files import write_text_atomic
 from .logging import MetricsLogger, get_logger, write_plots
 from .lora_settings import LoRAConfigError, LoRASettings, check_lora_config
@@ -92,7 +94,7 @@ class RLHFPipeline:
             return configured
         if self.cfg.is_demo:
             return self.task_paths[f"data_{demo_name}"]
-        raise ValueError(f"{what}: no data given (set it in the config or on the command line)")
+        raise UserError(f"{what}: no data given (set it in the config or on the command line)")
 
     def path(self, name: str) -> str:
         return os.path.join(self.cfg.save_dir, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 from .base import RewardBatch, SourceScores
 
 
@@ -41,5 +42,5 @@ def check_same_vocabulary(tokenizer, reward_path: str) -> None:
 
     other = AutoTokenizer.from_pretrained(reward_path)
     if other.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(f"the reward model at {reward_path} uses a different tokenizer than the policy; rlhf_ds "
+        raise UserError(f"the reward model at {reward_path} uses a different tokenizer than the policy; rlhf_ds "
                          f"scores token ids directly, so both must share one vocabulary")
