@@ -47,16 +47,16 @@ def _weights(d):
     return load_file(os.path.join(d, "dpo", "model.safetensors"))
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "kto"])
-def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, loss):
-    """One global batch of 16: 1 rank x 1 micro-batch of 16 == 2 ranks x 2 micro-batches of 4. Both the DPO
+@pytest.mark.parametrize("loss,steps", [("sigmoid", 2), ("kto", 4)])
+def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, loss, steps):
+    """Global batches of 16: 1 rank x 1 micro-batch of 16 == 2 ranks x 2 micro-batches of 4. Both the DPO
     loss (global pair count) and KTO's reference point (over the whole global batch) must not depend on
-    the split."""
+    the split. KTO's reference point is 0 while the policy is the reference, so it runs until it is not."""
     dirs = {}
     for name, ranks, micro in (("one", 1, 16), ("two", 2, 4)):
         d = _dir(tmp_path, demo_task, name)
-        run_deepspeed(DPO, _args(d, "--dpo.max_steps=2", f"--dpo.micro_batch_size={micro}", f"--dpo.loss_type={loss}"),
-                      ranks=ranks, timeout=900)
+        run_deepspeed(DPO, _args(d, f"--dpo.max_steps={steps}", f"--dpo.micro_batch_size={micro}",
+                                 f"--dpo.loss_type={loss}"), ranks=ranks, timeout=900)
         dirs[name] = d
     a, b = _weights(dirs["one"]), _weights(dirs["two"])
     base = load_file(os.path.join(demo_task, "base_model", "model.safetensors"))
@@ -67,7 +67,9 @@ def test_one_rank_equals_two_ranks_with_accumulation(tmp_path, demo_task, loss):
             assert float((a[k] - b[k]).norm() / update) < 5e-3, k
     ra, rb = _rows(dirs["one"]), _rows(dirs["two"])
     train_a, train_b = [r for r in ra if "loss" in r], [r for r in rb if "loss" in r]
-    assert len(train_a) == len(train_b) == 2
+    assert len(train_a) == len(train_b) == steps
+    if loss == "kto":
+        assert train_a[-1]["kl"] > 0, "the reference point never left 0; the test would not see it"
     for step, (x, y) in enumerate(zip(train_a, train_b)):
         for key in ("loss", "grad_norm"):
             assert y[key] == pytest.approx(x[key], rel=1e-5 if step == 0 else 1e-4), (step, key)
