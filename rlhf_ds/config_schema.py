@@ -309,6 +309,10 @@ class LoggingConfig:
     tensorboard: bool = _f(True, "write TensorBoard events under save_dir/logs")
     progress: bool = _f(True, "show progress bars on rank 0")
     plots: bool = _f(True, "write PNG curves under save_dir/plots at the end")
+    sample_interval: int = _f(10, "RL: every N iterations, log a few prompts with the policy's completions and "
+                              "their rewards (metrics.jsonl as '<stage>/samples', TensorBoard text); 0 never",
+                              min=0)
+    num_samples: int = _f(3, "RL: completions shown each sample_interval (rank 0's first ones)", min=1)
 
 
 REWARD_SOURCE_TYPES = ("model", "function", "http")

@@ -77,7 +77,8 @@ class MetricsLogger:
         with open(self.path, encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
         records = [json.loads(line) for line in lines]
-        kept = [line for line, r in zip(lines, records) if not (r.get("stage") == stage and r.get("step", 0) > step)]
+        ours = (stage, f"{stage}/samples")
+        kept = [line for line, r in zip(lines, records) if not (r.get("stage") in ours and r.get("step", 0) > step)]
         write_text_atomic(self.path, "".join(kept))
 
     def log(self, stage: str, step: int, metrics: Dict[str, float]) -> None:
@@ -94,6 +95,20 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{stage}/{k}", v, step)
             self._tb.flush()
 
+    def log_samples(self, stage: str, step: int, samples: List[Dict]) -> None:
+        """A few completions as text: one `<stage>/samples` line in metrics.jsonl (kept apart from the
+        stage's figures, so that readers of `<stage>` lines see numbers only) and a markdown table
+        in TensorBoard's text tab."""
+        if not self.enabled or not samples:
+            return
+        record = {"stage": f"{stage}/samples", "step": int(step), "time": round(time.time(), 3),
+                  "samples": [{k: _plain(v) for k, v in s.items()} for s in samples]}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            self._tb.add_text(f"{stage}/samples", samples_markdown(samples), step)
+            self._tb.flush()
+
     def read(self, stage: Optional[str] = None) -> List[Dict]:
         if not os.path.exists(self.path):
             return []
@@ -104,6 +119,19 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def samples_markdown(samples: List[Dict]) -> str:
+    """A markdown table of sample dicts (columns: the keys of the first), cells made one-line."""
+    cols = list(samples[0])
+
+    def cell(v) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(s.get(c, "")) for c in cols) + " |" for s in samples]
+    return "\n".join(lines)
 
 
 class PhaseTimer:

@@ -36,9 +36,12 @@ class Scored(NamedTuple):
 
 @torch.no_grad()
 def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic: Optional[Engine], micro: int,
-                  temperature: float) -> Scored:
+                  temperature: float, min_new_tokens: int = 0, eos_token_id: Optional[int] = None) -> Scored:
     """Step 4: old (actor) and reference log-probs, and critic values when there is a critic, `micro`
-    rows per forward. Every rank runs the same number of forwards (ZeRO-3 forwards are collective)."""
+    rows per forward. Every rank runs the same number of forwards (ZeRO-3 forwards are collective).
+    `min_new_tokens` and `eos_token_id`: the responses were sampled with EOS blocked at their first
+    `min_new_tokens` positions, so they are scored under the same distribution (PolicyModel.forward)."""
+    blocked = dict(min_new_tokens=min_new_tokens, eos_token_id=eos_token_id) if min_new_tokens else {}
     r = rollout.response_length
     old_lp, ref_lp, values = [], [], []
     trained = [e for e in (actor, critic) if e is not None]
@@ -46,9 +49,9 @@ def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic
         engine.eval()
     for part in rollout.split(micro):
         seqs, attn = part.sequences, part.attention_mask
-        old_lp.append(actor(seqs, attn, num_scored=r, temperature=temperature)["logprobs"])
+        old_lp.append(actor(seqs, attn, num_scored=r, temperature=temperature, **blocked)["logprobs"])
         if ref is not None:
-            ref_lp.append(ref(seqs, attn, num_scored=r, temperature=temperature)["logprobs"])
+            ref_lp.append(ref(seqs, attn, num_scored=r, temperature=temperature, **blocked)["logprobs"])
         if critic is not None:
             values.append(critic(seqs, attn, num_values=r)["values"])
     for engine in trained:

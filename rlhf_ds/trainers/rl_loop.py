@@ -52,8 +52,13 @@ from .rl_metrics import reduce_sums
 from .rl_rewards import (build_reward_sources, decode_responses, last_user_text, score_rollout_rewards, shape_scores,
                          source_means, uses_reward_model)
 from .rl_sampling import Draw, generate_rollout, sample_groups, sampling_metrics
+from .rl_samples import training_samples
 from .rl_update import UpdateSettings, rl_update
 
+# Held-out prompts per generate call at evaluation: fixed, so that every algorithm's evaluation draws the same
+# random numbers (the batch a sample is drawn in decides which numbers it gets) and the SFT policy's
+# figures agree across algorithms.
+EVAL_CHUNK = 16
 # The stage name (outputs in save_dir/<name>/, metrics, checkpoints, the summary's `algorithm`) of each
 # estimator when `ppo.algorithm` is not set.
 # What a resume compares with the checkpoint's configuration: PPO's scope, whichever algorithm, and the
@@ -199,7 +204,7 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
                 yield part.to(actor.device)
 
     def evaluate():
-        return evaluate_policy(ctx, engines, sources, eval_prompts, eval_records, settings, mb.micro)
+        return evaluate_policy(ctx, engines, sources, eval_prompts, eval_records, settings, EVAL_CHUNK)
 
     def draw() -> Draw:
         # 1. this rank's prompts; 2. n completions each; 3. rewards, shaped
@@ -235,7 +240,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
         d, rollout = sampled.draw, sampled.draw.rollout
         rollout = rollout.to(actor.device)
         with timer.phase("experience"):
-            scored = score_rollout(rollout, actor, engines.reference, critic, mb.micro, settings.temperature)  # 4.
+            scored = score_rollout(rollout, actor, engines.reference, critic, mb.micro, settings.temperature,  # 4.
+                                   settings.min_new_tokens, tok.eos_token_id)
             scores = d.scores.to(actor.device)
             adv = advantages_step(scores, scored, rollout.action_mask, estimator, ops, p, kl_ctl.value, plan.n)  # 5.
             exp = Experience(sequences=rollout.sequences, attention_mask=rollout.attention_mask,
@@ -243,7 +249,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
                              advantages=adv.advantages, ref_logprobs=scored.ref_logprobs,
                              old_values=scored.values, returns=adv.returns)
         with timer.phase("training"):                                                                   # 6.
-            upd = rl_update(exp, actor, critic, update_settings(p, plan, settings, it, kl_ctl.value, cfg.seed),
+            upd = rl_update(exp, actor, critic, update_settings(p, plan, settings, it, kl_ctl.value, cfg.seed,
+                                                                tok.eos_token_id),
                             ptx_batches if ptx_ds is not None else None, ema.update if ema is not None else None)
         # 7. KL controller, on the mean per-sequence KL of this rollout (all ranks); the iteration's figures
         totals = rollout_totals(rollout, d, scores, adv.kl)
@@ -271,6 +278,8 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
                         **({"gold": f"{metrics['gold_reward']:.3f}"} if "gold_reward" in metrics else {}))
         if dist.is_main and ((it + 1) % cfg.logging.log_interval == 0 or it + 1 == p.iterations or last_eval):
             ctx.metrics.log(stage, it + 1, metrics)
+        if dist.is_main and cfg.logging.sample_interval and (it + 1) % cfg.logging.sample_interval == 0:
+            ctx.metrics.log_samples(stage, it + 1, training_samples(tok, records, d, cfg.logging.num_samples))
         summary.update(tokens_total=tokens_total, work_s=work_s, kl_final=last_kl)
         if cfg.save_interval and (it + 1) % cfg.save_interval == 0 and it + 1 < p.iterations:
             state = {"iteration": it + 1, "sampler": sampler.state_dict(), "kl_controller": kl_ctl.state_dict(),
@@ -357,14 +366,15 @@ def iteration_metrics(totals: Dict[str, float], phases: Dict[str, float], draw: 
 
 
 def update_settings(p, plan: RLPlan, settings: GenerationSettings, iteration: int, kl_coef: float,
-                    seed: int) -> UpdateSettings:
+                    seed: int, eos_token_id: Optional[int] = None) -> UpdateSettings:
     return UpdateSettings(
         ppo_epochs=p.ppo_epochs, minibatch_per_rank=plan.minibatch.per_rank, micro=plan.minibatch.micro,
         clip_range=p.clip_range, dual_clip=p.dual_clip, value_clip=p.value_clip, entropy_coef=p.entropy_coef,
         temperature=settings.temperature, ptx_coef=p.ptx_coef, seed=seed + iteration,
         clip_range_low=p.clip_range_low, clip_range_high=p.clip_range_high, importance_ratio=p.importance_ratio,
         loss_aggregation=p.loss_aggregation, max_length=settings.max_new_tokens,
-        kl_loss_coef=kl_coef if p.kl_mode == "loss" else 0.0, kl_loss_estimator=p.kl_loss_estimator)
+        kl_loss_coef=kl_coef if p.kl_mode == "loss" else 0.0, kl_loss_estimator=p.kl_loss_estimator,
+        min_new_tokens=settings.min_new_tokens, eos_token_id=eos_token_id)
 
 
 def finish_summary(summary: Dict, stage: str, final: Dict[str, float], last_kl: Optional[float], tokens_total: int,

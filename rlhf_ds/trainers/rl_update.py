@@ -39,6 +39,8 @@ class UpdateSettings:
     max_length: Optional[int] = None       # the constant divisor of seq_mean_token_sum_norm
     kl_loss_coef: float = 0.0              # > 0: kl_loss_coef * KL(pi || pi_ref) is a loss term
     kl_loss_estimator: str = "k3"
+    min_new_tokens: int = 0                # EOS was blocked at the first N sampled positions: score so too
+    eos_token_id: Optional[int] = None
 
 
 def minibatches(n: int, size: int, epochs: int, seed: int) -> Iterator[torch.Tensor]:
@@ -85,8 +87,9 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
         # 6a. actor: clipped surrogate (+ entropy bonus) (+ KL loss) (+ ptx) on each micro-batch.
         for i, part in enumerate(parts):
             mask = part.action_mask
+            blocked = dict(min_new_tokens=s.min_new_tokens, eos_token_id=s.eos_token_id) if s.min_new_tokens else {}
             out = actor(part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature,
-                        with_entropy=True)
+                        with_entropy=True, **blocked)
             pg_loss, pg_stats = ppo_policy_loss(
                 out["logprobs"], part.old_logprobs, part.advantages, mask, clip_range=s.clip_range,
                 dual_clip=s.dual_clip, num_tokens=tokens, clip_range_low=s.clip_range_low,

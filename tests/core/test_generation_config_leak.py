@@ -146,3 +146,23 @@ def test_eos_target_inside_min_new_tokens_stays_finite(model_dir):
     assert suppressed[0, 1] == plain[0, 1]                    # the EOS target
     assert (suppressed[0, [0, 2]] > plain[0, [0, 2]]).all()   # renormalised without EOS
     assert suppressed[0, 3] == plain[0, 3]                    # past min_new_tokens
+
+
+def test_rl_loop_scores_rollouts_as_sampled_with_min_new_tokens(model_dir):
+    """The RL loop's step 4 (score_rollout, the old and reference log-probs) passes min_new_tokens and
+    EOS on to the scorer, so a rollout sampled with EOS blocked is scored under the same distribution."""
+    from rlhf_ds.trainers.rl_experience import score_rollout
+    from rlhf_ds.trainers.rl_sampling import Rollout
+
+    model = load(model_dir)
+    m = 4
+    settings = GenerationSettings(max_new_tokens=8, min_new_tokens=m, temperature=TEMPERATURE)
+    ids, mask, response, action, sampler = sample(model, settings, seed=2)
+    policy = PolicyModel(model)
+    rollout = Rollout(sequences=torch.cat([ids, response], 1), attention_mask=torch.cat([mask, action], 1),
+                      action_mask=action, ended=(response == EOS).any(1))
+    scored = score_rollout(rollout, policy, policy, None, micro=2, temperature=TEMPERATURE,
+                           min_new_tokens=m, eos_token_id=EOS)
+    on = action.bool()
+    torch.testing.assert_close(scored.old_logprobs[on], sampler[on], atol=2e-5, rtol=0)
+    torch.testing.assert_close(scored.ref_logprobs[on], sampler[on], atol=2e-5, rtol=0)
