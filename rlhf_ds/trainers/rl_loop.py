@@ -324,7 +324,7 @@ def load_rl_data(ctx: RunContext, stage: str, prompt_path: str, eval_prompt_path
     records = load_stage_records(prompt_path, "prompt", None, cfg.data.skip_invalid, log, f"{stage} prompts")
     if eval_prompt_path:
         eval_records = load_stage_records(eval_prompt_path, "prompt", None, cfg.data.skip_invalid, log,
-                                          f"{stage} eval prompts")
+                                          f"{stage} eval prompts", held_out=True, train_path=prompt_path)
     else:
         records, eval_records = split_records(records, cfg.data.eval_fraction, cfg.seed,
                                               min_eval=ctx.dist.world_size)
