@@ -59,11 +59,11 @@ from .rl_update import UpdateSettings, rl_update
 # random numbers (the batch a sample is drawn in decides which numbers it gets) and the SFT policy's
 # figures agree across algorithms.
 EVAL_CHUNK = 16
-# The stage name (outputs in save_dir/<name>/, metrics, checkpoints, the summary's `algorithm`) of each
-# estimator when `ppo.algorithm` is not set.
 # What a resume compares with the checkpoint's configuration: PPO's scope, whichever algorithm, and the
 # reward sources.
 RL_RESUME_SCOPE = tuple(RESUME_SCOPE["ppo"]) + ("rewards",)
+# The stage name (outputs in save_dir/<name>/, metrics, checkpoints, the summary's `algorithm`) of each
+# estimator when `ppo.algorithm` is not set.
 ALGORITHM_NAMES = {"gae": "ppo", "grpo": "grpo", "dr_grpo": "dr_grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp",
                    "reinforce_pp_baseline": "reinforce_pp_baseline"}
 
