@@ -326,7 +326,7 @@ def validate(cfg: RLHFConfig) -> None:
 # What a resumed stage compares with the checkpoint's configuration: top-level keys, whole sections
 # ("sft") or single keys ("sft.data_path"). Keys outside a stage's scope belong to other stages and
 # may change freely. A stage not listed here compares everything.
-_COMMON_SCOPE = ("seed", "save_interval", "model", "data", "lora", "deepspeed", "logging")
+_COMMON_SCOPE = ("seed", "task", "save_interval", "model", "data", "lora", "deepspeed", "logging")
 RESUME_SCOPE: Dict[str, Tuple[str, ...]] = {
     "sft": _COMMON_SCOPE + ("sft",),
     "reward": _COMMON_SCOPE + ("reward",),

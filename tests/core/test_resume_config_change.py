@@ -174,3 +174,13 @@ def test_finished_sft_refuses_more_steps(sft_runs, tmp_path):
         _run_sft(out, "--resume=true", "--sft.max_steps=8")
     assert _config(out)["sft"]["max_steps"] == 4
     assert os.path.isfile(os.path.join(out, "sft", "model.safetensors"))
+
+
+def test_a_changed_task_is_compared_on_resume():
+    """An RL checkpoint of the arithmetic task must not be continued as the describe task."""
+    from rlhf_ds.config import load_config, resume_changes
+
+    saved = load_config(None, ["--task=arithmetic"]).to_dict()
+    now = load_config(None, ["--task=describe"]).to_dict()
+    changes = resume_changes("ppo", saved, now)
+    assert [(c.key, c.allowed) for c in changes] == [("task", False)]
