@@ -453,9 +453,12 @@ RL_RECIPES: Dict[str, Dict[str, Any]] = {
 }
 
 # Recipe values that suit the demo (applied with the recipe, only when no model is given, under any
-# file or CLI value; they win over DEMO_PRESET's PPO values).
+# file or CLI value; they win over DEMO_PRESET's PPO values). On the demo GRPO trades gold reward against
+# KL through the KL coefficient, as PPO does: with 32 prompts x 8 samples at lr 3e-4, coefficients 0.2 /
+# 0.25 / 0.3 closed 0.71 / 0.63 / 0.60 of the gold gap at a final KL of 4.1 / 3.3 / 2.7 (2 ranks, the
+# demo's SFT and reward models); 16 prompts per iteration stayed between 0.62 and 0.68.
 RL_DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
-    "grpo": {"iterations": 40, "rollout_batch_size": 16, "minibatch_size": 64, "ppo_epochs": 1, "policy_lr": 2e-4,
+    "grpo": {"iterations": 40, "rollout_batch_size": 32, "minibatch_size": 128, "ppo_epochs": 1, "policy_lr": 3e-4,
              "kl_coef": 0.2},
 }
 
