@@ -34,3 +34,13 @@ def test_missing_reward_model_is_reported(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{tmp_path}: no tokenizer here" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_grpo_batch_sizes_that_do_not_divide_name_the_key(tmp_path):
+    # The GRPO demo samples 32 prompts x 8 = 256 completions per iteration.
+    proc = _run("launch/train_grpo.py", "--deepspeed", "configs/zero3.json", f"--save_dir={tmp_path}",
+                "--ppo.minibatch_size=100")
+    assert proc.returncode == 2
+    assert ("train_grpo.py: ppo.minibatch_size (100 completions) must divide the 256 completions of a rollout "
+            "(ppo.rollout_batch_size 32 prompts x ppo.n_samples 8); change ppo.minibatch_size") in proc.stderr
+    assert "Traceback" not in proc.stderr
