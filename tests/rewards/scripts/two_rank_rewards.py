@@ -9,7 +9,7 @@ import os
 import sys
 
 from rlhf_ds.cli import _user_errors
-from rlhf_ds.engine import get_info, init_distributed
+from rlhf_ds.engine import get_info, init_distributed, shutdown_distributed
 from rlhf_ds.rewards import FunctionSource, RewardBatch, combine_on_every_rank, source_metrics
 
 
@@ -31,10 +31,12 @@ def main(mode: str, out_dir: str) -> None:
                                               (FunctionSource("half", half), 2.0)], batch)
     except _user_errors() as e:                 # what rlhf_ds.cli does with a user's error
         print(f"two_rank_rewards.py: {e}", file=sys.stderr)
+        shutdown_distributed()                  # the error is raised on every rank, so all of them get here
         raise SystemExit(2)
     metrics = source_metrics(parts)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"total": total.tolist(), "metrics": metrics}, f)
+    shutdown_distributed()   # every rank exits cleanly (a gloo peer that leaves first can abort the other)
 
 
 if __name__ == "__main__":
