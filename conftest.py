@@ -1,6 +1,6 @@
 """Marker policy shared by tests/ and benchmarks/.
 
-Default run: everything except `slow` and `gpu`. `multirank` tests (two ranks through
+Default run: everything except `slow`, `multinode` and `gpu`. `multirank` tests (two ranks through
 the deepspeed launcher) run by default because they cover the distributed paths.
 """
 import os
@@ -14,6 +14,7 @@ def pytest_addoption(parser):
 
 def pytest_report_header(config):
     return ("rlhf_ds markers: `slow` skipped unless --run-slow (or RLHF_DS_RUN_SLOW=1); "
+            "`multinode` (emulated nodes, a real SLURM) skipped unless --run-slow; "
             "`gpu` skipped unless CUDA is present; `multirank` runs by default "
             "(deselect with -m 'not multirank')")
 
@@ -30,9 +31,12 @@ def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--run-slow") or os.environ.get("RLHF_DS_RUN_SLOW") == "1"
     has_cuda = _cuda_available()
     skip_slow = pytest.mark.skip(reason="slow: run with --run-slow")
+    skip_multinode = pytest.mark.skip(reason="multinode: run with -m multinode --run-slow (needs root)")
     skip_gpu = pytest.mark.skip(reason="gpu: needs a CUDA device")
     for item in items:
-        if "slow" in item.keywords and not run_slow:
+        if "multinode" in item.keywords and not run_slow:
+            item.add_marker(skip_multinode)
+        elif "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
