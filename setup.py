@@ -38,6 +38,8 @@ setup(
     install_requires=install_requires,
     extras_require={
         "test": ["pytest>=8.0"],
+        # Side-by-side baselines for `pytest benchmarks/`: TRL 1.12 is the last release with a PPOTrainer.
+        "bench": ["pytest>=8.0", "trl==1.12.0"],
         "gpu": ["flash-attn>=2.6"],
     },
 )
