@@ -23,7 +23,8 @@ ITERS, PROMPTS, NEW_TOKENS, GROUP = int(ITERS), int(PROMPTS), int(NEW_TOKENS), i
 
 
 def overrides() -> list:
-    common = [f"--model.sft_model_path={WORK}/policy", f"--model.reward_model_path={WORK}/reward",
+    # model.name_or_path set: not the demo (no demo task built, no gold reward scored per iteration).
+    common = [f"--model.name_or_path={WORK}/policy", f"--model.sft_model_path={WORK}/policy", f"--model.reward_model_path={WORK}/reward",
               f"--model.tokenizer_path={WORK}/tokenizer", f"--deepspeed.config={DS_CONFIG}",
               f"--ppo.prompt_path={WORK}/prompts.jsonl", f"--ppo.eval_prompt_path={WORK}/eval_prompts.jsonl",
               f"--save_dir={WORK}/run_{ALGO}_{os.getpid()}", f"--ppo.iterations={ITERS}", "--ppo.eval_interval=0",
