@@ -4,6 +4,8 @@ Layout under `<save_dir>/checkpoints/<stage>/`:
 
     latest                   the tag of the newest COMPLETE checkpoint (replaced atomically)
     <tag>/<engine>/ckpt/     DeepSpeed's files for each trained engine (model, optimizer, scheduler)
+    <tag>/<engine>/universal/  the same in DeepSpeed's universal format, made on the first resume on
+                             another number of ranks (universal.py)
     <tag>/trainer_state.json step, data position, KL controller, ... (identical on every rank)
     <tag>/rng_rank<r>.pt     each rank's RNG states (they differ by rank)
     <tag>/extra_rank<r>.pt   per-rank tensors a trainer keeps (for example EMA shards)
@@ -17,6 +19,7 @@ was completely written, so a resume never loads a torn one. Older checkpoints be
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,7 +30,9 @@ import numpy as np
 import torch
 
 from ..files import replace_dir, write_text_atomic
+from ..errors import UserError
 from . import distributed as D
+from . import universal
 from .engines import Engine
 
 LATEST = "latest"
@@ -121,7 +126,17 @@ class CheckpointManager:
 
     def load(self, engines: Dict[str, Engine], tag: Optional[str] = None) -> Optional[Dict]:
         """Restore engines and this rank's RNG; return the trainer state (None when there is nothing to
-        resume). Raises when the checkpoint was written by a different number of ranks."""
+        resume).
+
+        A checkpoint written by another number of ranks is loaded through DeepSpeed's universal format
+        (universal.py): weights, Adam moments and step, and the LR schedule come back exactly. The
+        trainer state (data position in global batches, KL controller, ...) does not depend on the
+        world size. Random state: rank r takes the stream rank r saved; a rank the checkpoint did not
+        have gets a new stream derived from rank 0's and its rank (`state["_rng"]` says which); the
+        streams of ranks that are gone are dropped. Per-rank extras (`extra_rank<r>.pt`) hold
+        ZeRO-3 partitions that cannot be re-cut here, so a resume of one under ZeRO-3 on another
+        world size is refused (UserError); below ZeRO-3 they are whole tensors, the same on every
+        rank, and rank 0's are used."""
         state = self.read_state(tag)
         if state is None:
             return None
@@ -129,13 +144,18 @@ class CheckpointManager:
         info = D.get_info()
         directory = os.path.join(self.root, tag)
         saved_world = state["world_size"]
-        if saved_world != info.world_size:
-            raise RuntimeError(f"checkpoint {directory} was written by {saved_world} ranks, this run has "
-                               f"{info.world_size}; exact resume needs the same number of ranks")
+        resharded = saved_world != info.world_size
+        extra_rank = info.rank
+        if resharded:
+            extra_rank = _check_extras(directory, engines, saved_world, info.world_size)
         for name, engine in engines.items():
-            engine.load_checkpoint(os.path.join(directory, name), _ENGINE_TAG)
-        set_rng_state(torch.load(os.path.join(directory, f"rng_rank{info.rank}.pt"), weights_only=False))
-        extra_path = os.path.join(directory, f"extra_rank{info.rank}.pt")
+            if resharded:
+                universal.load(engine, os.path.join(directory, name), _ENGINE_TAG)
+            else:
+                engine.load_checkpoint(os.path.join(directory, name), _ENGINE_TAG)
+        state["_rng"] = _restore_rng(directory, info.rank, saved_world)
+        state["_resharded_from"] = saved_world if resharded else None
+        extra_path = os.path.join(directory, f"extra_rank{extra_rank}.pt")
         state["_extra"] = torch.load(extra_path, weights_only=False) if os.path.exists(extra_path) else None
         return state
 
@@ -175,3 +195,27 @@ class CheckpointManager:
         older = [t for t in self.tags() if t != keep_tag]
         for t in older[: max(0, len(older) - (self.keep - 1))]:
             shutil.rmtree(os.path.join(self.root, t), ignore_errors=True)
+
+
+def _restore_rng(directory: str, rank: int, saved_world: int) -> str:
+    """Set this rank's RNG from the checkpoint; returns where it came from ("saved" or "derived")."""
+    if rank < saved_world:
+        set_rng_state(torch.load(os.path.join(directory, f"rng_rank{rank}.pt"), weights_only=False))
+        return "saved"
+    # A rank the checkpoint never had: a stream that depends only on the checkpoint and the rank, so
+    # that the resume is reproducible, and that differs from every other rank's.
+    base = torch.load(os.path.join(directory, "rng_rank0.pt"), weights_only=False)["torch"]
+    digest = hashlib.sha256(base.numpy().tobytes() + f"rank{rank}".encode()).digest()
+    seed_everything(int.from_bytes(digest[:8], "little") % 2**63)
+    return "derived"
+
+
+def _check_extras(directory: str, engines: Dict[str, Engine], saved_world: int, world: int) -> int:
+    """Which rank's extra file every rank loads when the world size changed (0), or a UserError when
+    the extras are ZeRO-3 partitions."""
+    has_extras = any(os.path.exists(os.path.join(directory, f"extra_rank{r}.pt")) for r in range(saved_world))
+    if has_extras and any(e.zero_stage == 3 for e in engines.values()):
+        raise UserError(f"cannot resume {directory} (written by {saved_world} ranks) on {world}: it holds "
+                        f"per-rank ZeRO-3 shards of trainer state (the EMA of ppo.ema_beta) that cannot be "
+                        f"re-cut for another number of ranks; resume on {saved_world} ranks")
+    return 0

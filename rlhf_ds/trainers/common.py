@@ -174,6 +174,11 @@ def resume_state(ctx: RunContext, ckpt, engines: Dict[str, object], stage: str, 
     for c in changes:
         ctx.log.info(f"{stage}: resuming with {c.key} changed from {_show(c.saved)} to {_show(c.now)} (applied)")
     state = ckpt.load(engines, saved["_tag"])
+    if state.get("_resharded_from"):
+        ctx.log.info(f"{stage}: the checkpoint was written by {state['_resharded_from']} rank(s), this run has "
+                     f"{ctx.dist.world_size}: engines loaded through DeepSpeed's universal format, the data "
+                     f"position carried over in global batches; ranks below {state['_resharded_from']} continue "
+                     f"their random streams, any others start streams derived from rank 0's")
     sampler.load_state_dict(state["sampler"])
     ctx.metrics.truncate_after(stage, state[position_key])
     ctx.log.info(f"{stage}: resumed at {position_key} {state[position_key]} from {state['_tag']}")
