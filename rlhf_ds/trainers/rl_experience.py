@@ -29,7 +29,7 @@ class Experience(TensorBatch):
 
 
 class Scored(NamedTuple):
-    old_logprobs: torch.Tensor                  # (B, R)
+    old_logprobs: Optional[torch.Tensor]        # (B, R); None only when score_rollout was given no actor
     ref_logprobs: Optional[torch.Tensor]        # (B, R) or None
     values: Optional[torch.Tensor]              # (B, R) or None
 
@@ -40,7 +40,8 @@ def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic
     """Step 4: old (actor) and reference log-probs, and critic values when there is a critic, `micro`
     rows per forward. Every rank runs the same number of forwards (ZeRO-3 forwards are collective).
     `min_new_tokens` and `eos_token_id`: the responses were sampled with EOS blocked at their first
-    `min_new_tokens` positions, so they are scored under the same distribution (PolicyModel.forward)."""
+    `min_new_tokens` positions, so they are scored under the same distribution (PolicyModel.forward).
+    `actor` None: no old log-probs (rl_onestep.py takes them from the update's forward)."""
     blocked = dict(min_new_tokens=min_new_tokens, eos_token_id=eos_token_id) if min_new_tokens else {}
     r = rollout.response_length
     old_lp, ref_lp, values = [], [], []
@@ -49,14 +50,16 @@ def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic
         engine.eval()
     for part in rollout.split(micro):
         seqs, attn = part.sequences, part.attention_mask
-        old_lp.append(actor(seqs, attn, num_scored=r, temperature=temperature, **blocked)["logprobs"])
+        if actor is not None:
+            old_lp.append(actor(seqs, attn, num_scored=r, temperature=temperature, **blocked)["logprobs"])
         if ref is not None:
             ref_lp.append(ref(seqs, attn, num_scored=r, temperature=temperature, **blocked)["logprobs"])
         if critic is not None:
             values.append(critic(seqs, attn, num_values=r)["values"])
     for engine in trained:
         engine.train()
-    return Scored(torch.cat(old_lp), torch.cat(ref_lp) if ref_lp else None, torch.cat(values) if values else None)
+    return Scored(torch.cat(old_lp) if old_lp else None, torch.cat(ref_lp) if ref_lp else None,
+                  torch.cat(values) if values else None)
 
 
 def global_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:

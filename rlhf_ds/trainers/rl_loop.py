@@ -49,6 +49,7 @@ from .rl_engines import RLEngines, build_rl_engines
 from .rl_eval import eval_summary, evaluate_policy
 from .rl_experience import Experience, advantages_step, loss_mask, score_rollout
 from .rl_metrics import reduce_sums
+from .rl_onestep import score_with_update_forward, shares_forward
 from .rl_rewards import (build_reward_sources, decode_responses, last_user_text, score_rollout_rewards, shape_scores,
                          source_means, uses_reward_model)
 from .rl_sampling import Draw, generate_rollout, sample_groups, sampling_metrics
@@ -229,7 +230,9 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
             ctx.metrics.log(stage, 0, first)
         log.info(f"{stage}: before training " + ", ".join(f"{k}={v:.4g}" for k, v in first.items()))
 
-    # 1-7. the iterations
+    # 1-7. the iterations. One optimizer step of one micro-batch per iteration: steps 4 and 6 share the
+    # actor's (and critic's) forward (rl_onestep.py).
+    one_step = shares_forward(plan.steps_per_iteration, mb.grad_accum)
     bar = progress(total=p.iterations, desc=stage, enabled=ctx.progress_enabled, initial=start)
     tokens_total, work_s = summary.get("tokens_total", 0), summary.get("work_s", 0.0)
     last_kl = summary.get("kl_final")
@@ -239,9 +242,15 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
                                 tok.pad_token_id)
         d, rollout = sampled.draw, sampled.draw.rollout
         rollout = rollout.to(actor.device)
+        upd_settings = update_settings(p, plan, settings, it, kl_ctl.value, cfg.seed, tok.eos_token_id)
+        shared = None
         with timer.phase("experience"):
-            scored = score_rollout(rollout, actor, engines.reference, critic, mb.micro, settings.temperature,  # 4.
-                                   settings.min_new_tokens, tok.eos_token_id)
+            if one_step:     # 4. with the update's own actor/critic forward (rl_onestep.py)
+                scored, shared = score_with_update_forward(rollout, actor, engines.reference, critic, mb.micro,
+                                                           upd_settings)
+            else:                                                                                      # 4.
+                scored = score_rollout(rollout, actor, engines.reference, critic, mb.micro, settings.temperature,
+                                       settings.min_new_tokens, tok.eos_token_id)
             scores = d.scores.to(actor.device)
             adv = advantages_step(scores, scored, rollout.action_mask, estimator, ops, p, kl_ctl.value, plan.n)  # 5.
             exp = Experience(sequences=rollout.sequences, attention_mask=rollout.attention_mask,
@@ -249,9 +258,9 @@ def train_rl(ctx: RunContext, sft_path: str, reward_path: Optional[str], prompt_
                              advantages=adv.advantages, ref_logprobs=scored.ref_logprobs,
                              old_values=scored.values, returns=adv.returns)
         with timer.phase("training"):                                                                   # 6.
-            upd = rl_update(exp, actor, critic, update_settings(p, plan, settings, it, kl_ctl.value, cfg.seed,
-                                                                tok.eos_token_id),
-                            ptx_batches if ptx_ds is not None else None, ema.update if ema is not None else None)
+            upd = rl_update(exp, actor, critic, upd_settings, ptx_batches if ptx_ds is not None else None,
+                            ema.update if ema is not None else None, shared=shared)
+            del shared          # the kept activations go with it
         # 7. KL controller, on the mean per-sequence KL of this rollout (all ranks); the iteration's figures
         totals = rollout_totals(rollout, d, scores, adv.kl)
         n = totals["sequences"]

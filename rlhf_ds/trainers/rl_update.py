@@ -59,10 +59,12 @@ def _targets(batch) -> torch.Tensor:
 
 def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: UpdateSettings,
               ptx_batches: Optional[Callable[[], Iterator]] = None,
-              after_actor_step: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+              after_actor_step: Optional[Callable[[], None]] = None, shared=None) -> Dict[str, float]:
     """Train the actor (and the critic, if any) on one experience; return the statistics over all ranks.
 
     `ptx_batches()` yields this rank's ptx micro-batches (`SFTBatch`), one per actor micro-batch.
+    `shared`: a `rl_onestep.SharedForward`, the actor's (and critic's) forward of the only micro-batch,
+    already run during step 4; used in place of running it again.
     Losses are logged as the mean over optimizer steps of each step's loss; per-token figures as
     token-weighted means."""
     stats = StatSums()
@@ -73,6 +75,8 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
         n_minibatches += 1
         mb = exp.index(rows)
         parts = mb.split(s.micro)
+        if shared is not None and (n_minibatches > 1 or len(parts) > 1 or not torch.equal(rows, shared.rows)):
+            raise RuntimeError("a shared forward covers exactly one micro-batch of one minibatch, in its row order")
         ptx_parts = None
         if use_ptx:
             # All of this minibatch's ptx micro-batches first: their global target count divides the
@@ -88,8 +92,9 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
         for i, part in enumerate(parts):
             mask = part.action_mask
             blocked = dict(min_new_tokens=s.min_new_tokens, eos_token_id=s.eos_token_id) if s.min_new_tokens else {}
-            out = actor(part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature,
-                        with_entropy=True, **blocked)
+            out = shared.actor_out if shared is not None else actor(
+                part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature, with_entropy=True,
+                **blocked)
             pg_loss, pg_stats = ppo_policy_loss(
                 out["logprobs"], part.old_logprobs, part.advantages, mask, clip_range=s.clip_range,
                 dual_clip=s.dual_clip, num_tokens=tokens, clip_range_low=s.clip_range_low,
@@ -124,7 +129,8 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
         if critic is None:
             continue
         for part in parts:
-            values = critic(part.sequences, part.attention_mask, num_values=r)["values"]
+            values = shared.values if shared is not None else critic(part.sequences, part.attention_mask,
+                                                                      num_values=r)["values"]
             v_loss, v_stats = value_loss(values, part.old_values, part.returns, part.action_mask,
                                          value_clip=s.value_clip, num_tokens=tokens)
             critic.backward(v_loss)
