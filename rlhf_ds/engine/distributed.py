@@ -2,7 +2,8 @@
 
 One code path for a laptop CPU and a GPU cluster: nccl when CUDA is used, gloo otherwise.
 Works under the deepspeed launcher, torchrun, SLURM (srun sets SLURM_PROCID) or as a
-plain `python script.py` (a world of one).
+plain `python script.py` (a world of one). Collectives wait at most RLHF_DS_COLLECTIVE_TIMEOUT_S
+seconds, and a failed one names the rank that stopped (liveness.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from . import liveness
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,15 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
         # Ranks on one machine share its cores; oversubscribing threads makes every rank slower.
         cores = os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // max(1, local_world)))
+    timeout = liveness.collective_timeout()
     if not dist.is_initialized():
         if kind == "cpu":
             _skip_shared_memory_allreduce_op()
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+    if dist.get_world_size() > 1:
+        # A dead or unreachable peer ends this rank within `timeout`, with a line naming it (liveness.py).
+        liveness.start(dist.get_rank(), dist.get_world_size(), os.environ["MASTER_ADDR"],
+                       int(os.environ["MASTER_PORT"]), timeout.total_seconds())
     _INFO = DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                      local_world_size=local_world, device=device, backend=backend)
     return _INFO
@@ -110,6 +118,7 @@ def shutdown_distributed() -> None:
     ("terminate called without an active exception", exit -6) even though its work is done.
     """
     global _INFO
+    liveness.stop()
     if dist.is_initialized():
         if dist.get_world_size() > 1:
             dist.barrier()

@@ -1,0 +1,2 @@
+"""Names the multi-node tests import; the fixtures live in tests/conftest.py."""
+from ..conftest import TINY, clean_env, read_jsonl  # noqa: F401
