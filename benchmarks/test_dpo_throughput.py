@@ -1,0 +1,104 @@
+"""DPO training throughput: rlhf_ds against TRL's DPOTrainer, one process each, same run.
+
+Both start from the same model (the demo's tiny LLaMA, as `prepare_demo` builds it) on the same first
+N demo preference pairs, with the settings of issue #17: beta 0.1, learning rate 5e-4 (cosine), batch
+32, max length 64, a frozen copy of the model as the reference, fp32 on CPU. TRL gets the pairs in chat
+form and tokenises them itself; rlhf_ds reads the same records from a JSONL file. The figure is training
+pairs per second: TRL's `trainer.train()` wall time, rlhf_ds's `pairs_per_s` at its last step (the training
+loop: both exclude tokenisation, model loading and the final evaluation). The two tools alternate,
+`REPEATS` times each; medians are compared.
+
+    pip install -e ".[bench]"          # TRL 1.12
+    pytest benchmarks/test_dpo_throughput.py -s
+
+Environment: RLHF_DS_DPO_BENCH_PAIRS (default 1280: 40 steps), RLHF_DS_DPO_BENCH_REPEATS (2),
+RLHF_DS_DPO_BENCH_CONFIGS (zero3,zero2: rlhf_ds's DeepSpeed configs measured). The target (rlhf_ds >= 1.5x
+TRL with configs/zero3.json) is printed as PASS or BELOW, never asserted: timings on a shared machine are
+not a test. Asserted: both tools train every pair and report a finite loss that fell below log 2.
+Results: benchmarks/results/dpo_throughput.json.
+"""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+
+pytest.importorskip("trl", reason="TRL is not installed: pip install -e '.[bench]' (TRL 1.12) to compare with it")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results", "dpo_throughput.json")
+TRL_SCRIPT = os.path.join(HERE, "scripts", "dpo_trl.py")
+OURS_SCRIPT = os.path.join(HERE, "scripts", "dpo_rlhf_ds.py")
+TARGET = 1.5
+PAIRS = int(os.environ.get("RLHF_DS_DPO_BENCH_PAIRS", "1280"))
+REPEATS = int(os.environ.get("RLHF_DS_DPO_BENCH_REPEATS", "2"))
+CONFIGS = [c for c in os.environ.get("RLHF_DS_DPO_BENCH_CONFIGS", "zero3,zero2").split(",") if c]
+
+
+def _run(cmd, timeout=1800):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-5000:]}")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from rlhf_ds.tasks.demo import prepare_demo
+
+    root = tmp_path_factory.mktemp("dpo_bench")
+    paths = prepare_demo(str(root / "demo"))
+    with open(paths["data_preference"]) as f:
+        rows = [line for line in f if line.strip()][:PAIRS]
+    assert len(rows) == PAIRS, f"the demo has {len(rows)} pairs, fewer than RLHF_DS_DPO_BENCH_PAIRS={PAIRS}"
+    subset = root / "pairs.jsonl"
+    subset.write_text("".join(rows))
+    with open(paths["data_preference_eval"]) as f:
+        (root / "eval_pairs.jsonl").write_text("".join(f.readlines()[:64]))
+    return {"root": root, "model": paths["base_model"], "pairs": str(subset), "eval": str(root / "eval_pairs.jsonl")}
+
+
+def _trl(demo, i):
+    out = demo["root"] / f"trl_{i}.json"
+    _run([sys.executable, TRL_SCRIPT, demo["model"], demo["pairs"], str(out)])
+    return json.loads(out.read_text())
+
+
+def _ours(demo, config, i):
+    out = demo["root"] / f"ours_{config}_{i}.json"
+    _run([sys.executable, OURS_SCRIPT, demo["model"], demo["pairs"], demo["eval"], str(out),
+          "--deepspeed", os.path.join(REPO, "configs", f"{config}.json"), "--work", str(demo["root"] / f"run_{config}_{i}")])
+    return json.loads(out.read_text())
+
+
+def test_dpo_throughput_against_trl(demo):
+    runs = {"trl": []}
+    runs.update({c: [] for c in CONFIGS})
+    for i in range(REPEATS):                   # alternate, so that a change in the machine's load hits both
+        runs["trl"].append(_trl(demo, i))
+        for c in CONFIGS:
+            runs[c].append(_ours(demo, c, i))
+    for name, rs in runs.items():
+        for r in rs:
+            assert r["pairs"] == PAIRS, (name, r)
+            assert math.isfinite(r["final_loss"]) and r["final_loss"] < math.log(2), (name, r)
+    median = {name: statistics.median(r["pairs_per_s"] for r in rs) for name, rs in runs.items()}
+    lines = [f"DPO training throughput, one process, {PAIRS} pairs, batch 32, max length 64 (medians of {REPEATS})",
+             f"  {'':<28}{'pairs/s':>10}{'x TRL':>8}"]
+    lines.append(f"  {'TRL 1.12 DPOTrainer':<28}{median['trl']:>10.1f}{1.0:>8.2f}")
+    for c in CONFIGS:
+        lines.append(f"  {'rlhf_ds, configs/' + c + '.json':<28}{median[c]:>10.1f}{median[c] / median['trl']:>8.2f}")
+    head = CONFIGS[0]
+    ratio = median[head] / median["trl"]
+    lines.append(f"  target rlhf_ds ({head}) >= {TARGET}x TRL: {'PASS' if ratio >= TARGET else 'BELOW'} ({ratio:.2f}x)")
+    print("\n" + "\n".join(lines))
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump({"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pairs": PAIRS, "repeats": REPEATS,
+                   "median_pairs_per_s": median, "ratio_to_trl": {c: median[c] / median["trl"] for c in CONFIGS},
+                   "target": TARGET, "runs": runs}, f, indent=1)
