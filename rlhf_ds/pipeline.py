@@ -21,13 +21,14 @@ from typing import Any, Dict, List, Optional
 
 from .config import ConfigError, RLHFConfig, build_config, load_config, parse_overrides
 from .config_schema import recipe_layer
-from .engine import (barrier, init_distributed, load_ds_config, read_metadata, resolve_precision, seed_everything,
-                     zero_stage)
+from .engine import (all_reduce_max, barrier, init_distributed, load_ds_config, read_metadata, resolve_precision,
+                     seed_everything, zero_stage)
 from .errors import UserError
 from .files import write_text_atomic
 from .logging import MetricsLogger, get_logger, write_plots
 from .lora_settings import LoRAConfigError, LoRASettings, check_lora_config
 from .models.loading import is_model_dir, load_tokenizer, quiet_transformers
+from .peak_memory import GiB, peak_memory_bytes
 from .trainers.common import RunContext
 
 PLOTS = {
@@ -253,6 +254,8 @@ class RLHFPipeline:
         s["gold_reward_max"] = self.gold_max
         s["wall_time_s"] = time.time() - self.t0
         s["world_size"] = self.dist.world_size
+        # Every rank takes part (a collective): the largest peak is what each rank must be able to hold.
+        s["peak_memory_gib"] = float(all_reduce_max(float(peak_memory_bytes(self.dist.device)))) / GiB
         sft, final, top = s.get("gold_reward_sft"), s.get("gold_reward_final"), self.gold_max
         if None not in (sft, final, top) and top > sft:
             s["gold_gap_closed"] = (final - sft) / (top - sft)

@@ -105,7 +105,7 @@ def test_dpo_summary_metrics_and_export_with_a_live_or_precomputed_reference(sav
 
     summary, rows = _run(save_dir)
     for key in ("gold_reward_sft", "gold_reward_final", "gold_gap_closed", "kl_final", "wall_time_s",
-                "dpo_eval_accuracy"):
+                "dpo_eval_accuracy", "peak_memory_gib"):
         assert isinstance(summary[key], float), key
     assert summary["algorithm"] == "dpo" and summary["kl_final"] > 0
     assert json.load(open(os.path.join(save_dir, "logs", "summary.json")))["algorithm"] == "dpo"

@@ -36,9 +36,9 @@ def test_outputs_follow_the_design(pipeline_run):
     assert stages == {"sft", "reward", "ppo"}
     summary = json.load(open(os.path.join(out, "logs", "summary.json")))
     for key in ("rm_eval_accuracy", "gold_reward_sft", "gold_reward_ppo", "gold_reward_max", "kl_final",
-                "ppo_tokens_per_s", "wall_time_s"):
+                "ppo_tokens_per_s", "wall_time_s", "peak_memory_gib"):
         assert isinstance(summary[key], (int, float)), key
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and 0.1 < summary["peak_memory_gib"] < 24
     # Exported models load with plain transformers.
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "ppo"))
     policy = AutoModelForCausalLM.from_pretrained(os.path.join(out, "ppo"))
