@@ -28,7 +28,9 @@ other work on a shared machine hits both alike; each process runs `WARMUP` untim
 The targets (PPO >= 1.5x TRL at ZeRO-2, >= 1.2x at ZeRO-3; GRPO >= 1.5x) are printed as PASS or
 BELOW, never asserted: timings on a shared machine are not a test. Asserted: every run finished its
 iterations with positive figures. Written to benchmarks/results/e2e_rl.json. On CUDA both tools run
-in bf16. RLHF_DS_E2E_CASES=ppo_4m_z2,grpo_4m_z2 runs a subset.
+in bf16. RLHF_DS_E2E_CASES=ppo_4m_z2,grpo_4m_z2 runs a subset; RLHF_DS_E2E_TOOLS=rlhf_ds,trl,rlhf_ds_twice
+adds rlhf_ds with its actor/critic forward run twice (what trainers/rl_onestep.py saves), in the same rounds;
+RLHF_DS_E2E_ROUNDS sets the rounds (default 2).
 """
 import json
 import os
@@ -47,6 +49,9 @@ REPO = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "scripts")
 RESULTS = os.path.join(HERE, "results", "e2e_rl.json")
 ROUNDS = int(os.environ.get("RLHF_DS_E2E_ROUNDS", "2"))
+# Tools run in each round, in this order. rlhf_ds_twice (opt-in): rlhf_ds with the actor's and critic's
+# forward run twice per iteration (the general path), to measure what rl_onestep.py saves.
+TOOLS = os.environ.get("RLHF_DS_E2E_TOOLS", "rlhf_ds,trl").split(",")
 
 SIZES = {"4m": (256, 4, 1024), "25m": (512, 8, 1472)}      # hidden, layers, MLP width
 CASES = {
@@ -94,11 +99,11 @@ def run_tool(tool: str, work_dir, case: str, round_: int) -> dict:
     algo, _, ds_config, prompts, tokens, group, warmup, timed, _ = CASES[case]
     iters = warmup + timed
     out = os.path.join(str(work_dir), f"{case}_{tool}_{round_}.json")
-    if tool == "rlhf_ds":
+    if tool.startswith("rlhf_ds"):
         launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
         _run([launcher, "--num_gpus", "1", "--master_port", str(_free_port()), os.path.join(SCRIPTS, "e2e_rlhf_ds.py"),
               str(work_dir), algo, os.path.join(REPO, "configs", ds_config), str(iters), str(prompts), str(tokens),
-              str(group), out], 1800)
+              str(group), out, *(["twice"] if tool == "rlhf_ds_twice" else [])], 1800)
     else:
         _run([sys.executable, os.path.join(SCRIPTS, "e2e_trl.py"), str(work_dir), algo, str(iters), str(prompts),
               str(tokens), str(group), out], 1800)
@@ -131,14 +136,14 @@ def summarise(runs: list, tokens_default: int) -> dict:
             "iterations": len(walls), "all_iteration_s": walls}
 
 
-def format_rows(case: str, ours: dict, trl: dict, ratio: float, target: float) -> str:
+def format_rows(case: str, ours: dict, trl: dict, ratio: float, target: float, extra: dict) -> str:
     algo, size, ds_config, prompts, tokens, group, *_ = CASES[case]
     head = (f"{case}: {algo.upper()} {size} params, {prompts} prompts x {group} x {tokens} tokens/iteration, "
             f"rlhf_ds {ds_config}; medians of {ours['iterations']} / {trl['iterations']} iterations")
-    cols = f"  {'tool':<9}{'episodes/s':>11}{'tokens/s':>10}{'resp len':>9}{'gen s':>8}{'exp s':>8}{'train s':>9}{'iter s':>8}"
-    rows = [f"  {name:<9}{r['episodes_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}{r['response_length']:>9.1f}"
+    cols = f"  {'tool':<14}{'episodes/s':>11}{'tokens/s':>10}{'resp len':>9}{'gen s':>8}{'exp s':>8}{'train s':>9}{'iter s':>8}"
+    rows = [f"  {name:<14}{r['episodes_per_s']:>11.2f}{r['tokens_per_s']:>10.1f}{r['response_length']:>9.1f}"
             f"{r['generation_s']:>8.2f}{r['experience_s']:>8.2f}{r['training_s']:>9.2f}{r['iteration_s']:>8.2f}"
-            for name, r in (("rlhf_ds", ours), ("TRL", trl))]
+            for name, r in (("rlhf_ds", ours), ("TRL", trl), *extra.items())]
     verdict = "PASS" if ratio >= target else "BELOW"
     return "\n".join([head, cols, *rows, f"  rlhf_ds / TRL episodes/s: {ratio:.2f}x (target >= {target}x: {verdict})"])
 
@@ -153,23 +158,25 @@ def test_e2e_rl_vs_trl(case, work, capsys):
     algo, size, *_ = CASES[case]
     target = CASES[case][-1]
     t0 = time.perf_counter()
-    runs = {"rlhf_ds": [], "trl": []}
+    tools = ["rlhf_ds", "trl"] + [t for t in TOOLS if t not in ("rlhf_ds", "trl")]
+    runs = {tool: [] for tool in tools}
     for r in range(ROUNDS):
-        for tool in ("rlhf_ds", "trl"):
+        for tool in tools:
             runs[tool].append(run_tool(tool, work[size], case, r))
     wall = time.perf_counter() - t0
     tokens = CASES[case][4]
     ours, trl = summarise(runs["rlhf_ds"], tokens), summarise(runs["trl"], tokens)
+    extra = {t: summarise(runs[t], tokens) for t in tools[2:]}
     for r in (ours, trl):
         assert r["episodes_per_s"] > 0 and r["tokens_per_s"] > 0 and r["generation_s"] > 0
     ratio = ours["episodes_per_s"] / trl["episodes_per_s"]
-    write_result(case, ours, trl, ratio, target, runs, wall, json.loads((work[size] / "setup.json").read_text()))
+    write_result(case, ours, trl, ratio, target, runs, wall, json.loads((work[size] / "setup.json").read_text()), extra)
     with capsys.disabled():
-        print("\n" + format_rows(case, ours, trl, ratio, target) + f"\n  benchmark wall time {wall:.0f} s; "
+        print("\n" + format_rows(case, ours, trl, ratio, target, extra) + f"\n  benchmark wall time {wall:.0f} s; "
               f"written to {os.path.relpath(RESULTS, REPO)}")
 
 
-def write_result(case, ours, trl, ratio, target, runs, wall, setup) -> None:
+def write_result(case, ours, trl, ratio, target, runs, wall, setup, extra) -> None:
     """benchmarks/results/e2e_rl.json: one entry per case (a later run of a case replaces its entry)."""
     import torch
     import trl as trl_pkg
@@ -192,7 +199,7 @@ def write_result(case, ours, trl, ratio, target, runs, wall, setup) -> None:
                  "warmup_iterations": warmup, "timed_iterations": timed},
         "setup": {"algo": algo, "model": setup, "ds_config": ds_config, "prompts_per_iteration": prompts,
                   "new_tokens": tokens, "group": group},
-        "rlhf_ds": ours, "trl": trl,
+        "rlhf_ds": ours, "trl": trl, **extra,
         "ratio_episodes_per_s": ratio, "ratio_tokens_per_s": ours["tokens_per_s"] / trl["tokens_per_s"],
         "target": {"episodes_per_s_ratio": target, "met": ratio >= target},
         "runs": runs,

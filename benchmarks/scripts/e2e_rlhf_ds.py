@@ -2,7 +2,7 @@
 (`RLHFPipeline.run_rl_training`, i.e. trainers/rl_loop.py's `train_rl`) on the inputs of e2e_setup.py.
 
 Usage (through the deepspeed launcher, one process):
-    deepspeed --num_gpus 1 e2e_rlhf_ds.py WORK_DIR ALGO DS_CONFIG ITERATIONS PROMPTS NEW_TOKENS GROUP OUT_JSON
+    deepspeed --num_gpus 1 e2e_rlhf_ds.py WORK_DIR ALGO DS_CONFIG ITERATIONS PROMPTS NEW_TOKENS GROUP OUT_JSON [twice]
     ALGO: ppo | grpo (the grpo recipe of config_schema.RL_RECIPES, group size GROUP)
 
 Timing, without touching the library: the loop's own phase timer (`ctx.timer`, whose `pop` each
@@ -19,6 +19,9 @@ import time
 
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]   # the launcher adds --local_rank
 WORK, ALGO, DS_CONFIG, ITERS, PROMPTS, NEW_TOKENS, GROUP, OUT = ARGS[:8]
+# "twice": the actor's and critic's forward run twice, for step 4 and again in the update (the general
+# path, as before rl_onestep.py), to measure what sharing it saves in the same benchmark run.
+VARIANT = ARGS[8] if len(ARGS) > 8 else "shared"
 ITERS, PROMPTS, NEW_TOKENS, GROUP = int(ITERS), int(PROMPTS), int(NEW_TOKENS), int(GROUP)
 
 
@@ -65,6 +68,8 @@ def main() -> None:
         return out
 
     rl_loop.sample_groups, rl_loop.evaluate_policy, rl_logging.PhaseTimer.pop = sample_groups, evaluate_policy, pop
+    if VARIANT == "twice":
+        rl_loop.shares_forward = lambda steps, accum: False
     pipe = create_rlhf_pipeline(None, overrides(), recipe="grpo" if ALGO == "grpo" else None)
     t0 = time.perf_counter()
     summary = pipe.run_rl_training()
@@ -75,7 +80,7 @@ def main() -> None:
     walls = [e - s for s, e in zip(starts, ends)]
     metrics = [json.loads(line) for line in open(os.path.join(pipe.cfg.save_dir, "logs", "metrics.jsonl"))]
     lengths = [m["response_length"] for m in metrics if "response_length" in m]
-    result = {"tool": "rlhf_ds", "algo": ALGO, "ds_config": os.path.basename(DS_CONFIG),
+    result = {"tool": "rlhf_ds", "variant": VARIANT, "algo": ALGO, "ds_config": os.path.basename(DS_CONFIG),
               "zero_stage": pipe.ds_config.get("zero_optimization", {}).get("stage", 0),
               "precision": pipe.precision, "device": pipe.dist.device.type, "threads": torch.get_num_threads(),
               "iteration_s": walls, "phases": phases[-len(walls):], "response_length": lengths[-len(walls):],
