@@ -18,7 +18,8 @@ from ..multirank.launcher import deepspeed_cmd
 from .conftest import clean_env
 from .jobs import REPO, SFT, alive, long_sft_args, ranks_of, wait_for_steps
 
-pytestmark = pytest.mark.multirank
+# slow: each test runs a job for about a minute (tests/multinode is also skipped by default as a whole).
+pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 TIMEOUT_S = 20
 LAUNCHER_GRACE_S = 30   # the deepspeed launcher's wait between SIGTERM and SIGKILL
 
@@ -62,7 +63,6 @@ def test_a_killed_rank_ends_the_job(tmp_path, demo_task):
     assert "failed rank(s): rank 1 (" in out, out[-3000:]
 
 
-@pytest.mark.slow
 def test_a_frozen_rank_is_named_and_the_job_ends_after_the_timeout(tmp_path, demo_task):
     proc, ranks = _start(tmp_path, demo_task)
     ranks[1].send_signal(signal.SIGSTOP)
