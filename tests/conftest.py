@@ -61,9 +61,10 @@ def read_jsonl(path):
 
 
 def strip_times(rows):
-    """Metrics without wall-clock fields (those differ between any two runs)."""
-    drop = ("time", "tokens_per_s", "generation_tokens_per_s")
-    return [{k: v for k, v in r.items() if k not in drop and not k.startswith("time_")} for r in rows]
+    """Metrics without wall-clock and CPU-time fields (those differ between any two runs)."""
+    drop = ("time",)
+    return [{k: v for k, v in r.items() if k not in drop and not k.startswith("time_") and not k.endswith("_per_s")}
+            for r in rows]
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

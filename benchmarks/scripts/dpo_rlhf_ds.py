@@ -3,9 +3,10 @@ the rlhf_ds side of benchmarks/test_dpo_throughput.py.
 
     python dpo_rlhf_ds.py MODEL_DIR PAIRS.jsonl EVAL_PAIRS.jsonl OUT.json --deepspeed CONFIG --work DIR
 
-Writes {"pairs", "pairs_per_s", "final_loss", "steps"}: pairs_per_s is what the stage logs at its last
-step (pairs trained / seconds since the first step began: the training loop, without tokenisation,
-model loading or the final evaluation); final_loss the mean training loss over the steps (TRL's
+Writes {"pairs", "pairs_per_s", "pairs_per_cpu_s", "final_loss", "steps"}: pairs_per_s is what the stage
+logs at its last step (pairs trained / seconds since the first step began: the training loop, without
+tokenisation, model loading or the final evaluation), pairs_per_cpu_s the same per CPU second of the
+process; final_loss the mean training loss over the steps (TRL's
 train_loss is the same mean).
 """
 import argparse
@@ -51,6 +52,7 @@ def main() -> None:
     with open(os.path.join(a.work, "logs", "metrics.jsonl")) as f:
         steps = [r for r in map(json.loads, f) if r.get("stage") == "dpo" and "pairs_per_s" in r]
     result = {"pairs": steps[-1]["step"] * a.batch, "pairs_per_s": steps[-1]["pairs_per_s"], "steps": steps[-1]["step"],
+              "pairs_per_cpu_s": steps[-1]["cpu_pairs_per_s"],
               "final_loss": sum(r["loss"] for r in steps) / len(steps), "config": os.path.basename(a.deepspeed)}
     with open(a.out, "w") as f:
         json.dump(result, f)

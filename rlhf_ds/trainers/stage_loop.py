@@ -118,7 +118,7 @@ def run_stage(ctx: RunContext, name: str, out_dir: str, build: Callable[[], Stag
             stage.start(engine)
     # 6. train
     bar = progress(total=total, desc=name, enabled=ctx.progress_enabled, initial=step)
-    t0, seen, last_eval = time.time(), 0.0, {}
+    t0, cpu0, seen, last_eval = time.time(), time.process_time(), 0.0, {}
     while step < total:
         rows = sampler.next_indices()
         batch = stage.train_data.collate([stage.train_data[i] for i in rows]).to(engine.device)
@@ -141,6 +141,9 @@ def run_stage(ctx: RunContext, name: str, out_dir: str, build: Callable[[], Stag
         if stage.rate is not None:
             seen += float(prepared[stage.rate])
             metrics[f"{stage.rate}_per_s"] = seen / max(1e-9, time.time() - t0)
+            # The same per CPU second of this process (all its threads): steadier than the wall clock when
+            # other jobs share the machine.
+            metrics[f"cpu_{stage.rate}_per_s"] = seen / max(1e-9, time.process_time() - cpu0)
         if engine.global_grad_norm is not None:
             metrics["grad_norm"] = engine.global_grad_norm
         # 7. evaluate, keep the best
