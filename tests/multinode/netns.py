@@ -59,10 +59,14 @@ class Cluster:
         self.net = 100 + int(tag, 16) % 100          # 10.<net>.0.0/24, unlikely to clash with a real one
         self.nodes: List[Node] = [Node(f"rlnode{tag}{i}", f"10.{self.net}.0.{i + 1}", f"rlv{tag}{i}")
                                   for i in range(n)]
+        # This host's own address on the nodes' network (the bridge's), for services outside the nodes
+        # such as a SLURM controller.
+        self.host_address = f"10.{self.net}.0.254"
 
     def __enter__(self) -> "Cluster":
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
             for node in self.nodes:
                 _ip("netns", "add", node.namespace)

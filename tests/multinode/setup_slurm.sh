@@ -6,7 +6,10 @@
 #   tests/multinode/setup_slurm.sh stop DIR      # stop exactly the daemons that `start DIR` started
 #
 # Then `SLURM_CONF=DIR/slurm.conf sbatch ...` submits to it. One node (this host) with all its cores,
-# one partition, requeue allowed; munge authentication with its own key and socket; no cgroups
+# or, with SLURM_NODES="name=address@namespace ..." (emulated nodes, tests/multinode/netns.py) and
+# SLURMCTLD_ADDR (this host's address on their network), one slurmd per node inside its namespace with
+# SLURM_NODE_CPUS cores each (default 1), host names in /etc/netns/<namespace>/hosts; one partition,
+# requeue allowed; munge authentication with its own key and socket; no cgroups
 # (proctrack/linuxproc), so it runs inside a container. Ports come from the environment when set
 # (SLURMCTLD_PORT, SLURMD_PORT), so two clusters can coexist.
 set -euo pipefail
@@ -14,8 +17,7 @@ cmd=${1:?start or stop}
 dir=$(realpath -m "${2:?a folder for the cluster}")
 
 stop() {
-    for name in slurmd slurmctld munged; do
-        pidfile="$dir/run/$name.pid"
+    for pidfile in "$dir"/run/slurmd*.pid "$dir/run/slurmctld.pid" "$dir/run/munged.pid"; do
         if [ -f "$pidfile" ]; then
             pid=$(cat "$pidfile")
             kill "$pid" 2>/dev/null || true
@@ -24,6 +26,7 @@ stop() {
             rm -f "$pidfile"
         fi
     done
+    for ns in $(cat "$dir/namespaces" 2>/dev/null); do rm -f "/etc/netns/$ns/hosts"; rmdir "/etc/netns/$ns" 2>/dev/null || true; done
 }
 
 if [ "$cmd" = stop ]; then stop; exit 0; fi
@@ -51,9 +54,11 @@ fi
 munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.sock" \
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/seed"
 
+nodes=${SLURM_NODES:-}
+ctld_addr=${SLURMCTLD_ADDR:-127.0.0.1}
 cat > "$dir/slurm.conf" <<EOF
 ClusterName=rlhfds
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($ctld_addr)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=root
@@ -65,9 +70,9 @@ CryptoType=crypto/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/run/slurmctld.pid
-SlurmdPidFile=$dir/run/slurmd.pid
+SlurmdPidFile=$dir/run/slurmd-%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -80,20 +85,50 @@ JobRequeue=1
 KillWait=5
 SlurmdTimeout=60
 InactiveLimit=0
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-mkdir -p "$dir/spool/$host"
+if [ -z "$nodes" ]; then
+    echo "NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN" >> "$dir/slurm.conf"
+else
+    : > "$dir/namespaces"
+    hosts="127.0.0.1 localhost"
+    for spec in $nodes; do
+        name=${spec%%=*}; rest=${spec#*=}; addr=${rest%@*}; ns=${rest#*@}
+        echo "NodeName=$name NodeAddr=$addr CPUs=${SLURM_NODE_CPUS:-1} RealMemory=$(( mem / 4 )) State=UNKNOWN" \
+            >> "$dir/slurm.conf"
+        hosts="$hosts"$'\n'"$addr $name"
+        echo "$ns" >> "$dir/namespaces"
+    done
+    hosts="$hosts"$'\n'"$ctld_addr $host"
+fi
+echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >> "$dir/slurm.conf"
 export SLURM_CONF="$dir/slurm.conf"
 slurmctld -f "$SLURM_CONF" -i
-slurmd -f "$SLURM_CONF" -N "$host"
-for _ in $(seq 100); do
-    if sinfo -h -o %T 2>/dev/null | grep -qx idle; then
+if [ -z "$nodes" ]; then
+    mkdir -p "$dir/spool/$host"
+    slurmd -f "$SLURM_CONF" -N "$host"
+    want=1
+else
+    want=0
+    cgroup_mounts=$(awk '$2 ~ "^/sys/fs/cgroup" {printf "mkdir -p %s; mount -t %s -o %s none %s; ", $2, $3, $4, $2}' \
+        /proc/self/mounts)
+    for spec in $nodes; do
+        name=${spec%%=*}; rest=${spec#*=}; ns=${rest#*@}
+        mkdir -p "$dir/spool/$name" "/etc/netns/$ns"
+        # `ip netns exec` mounts this over /etc/hosts for the namespace: the nodes' names resolve there.
+        printf '%s\n' "$hosts" > "/etc/netns/$ns/hosts"
+        # `ip netns exec` mounts a fresh /sys for the namespace, without the cgroup filesystems that
+        # slurmd looks at even with proctrack/linuxproc: mount the host's again, as they are.
+        ip netns exec "$ns" sh -c "$cgroup_mounts exec slurmd -f '$SLURM_CONF' -N '$name'"
+        want=$(( want + 1 ))
+    done
+fi
+for _ in $(seq 150); do
+    if [ "$(sinfo -h -N -o %T 2>/dev/null | grep -cx idle)" = "$want" ]; then
         echo "export SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
     sleep 0.2
 done
-echo "$0: the node did not become idle; logs in $dir/log" >&2
-sinfo >&2 || true
+echo "$0: the nodes did not become idle; logs in $dir/log" >&2
+sinfo -N >&2 || true
 exit 1
