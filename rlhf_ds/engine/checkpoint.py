@@ -29,8 +29,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..files import replace_dir, write_text_atomic
 from ..errors import UserError
+from ..files import replace_dir, write_text_atomic
 from . import distributed as D
 from . import universal
 from .engines import Engine

@@ -9,9 +9,10 @@ Three parts, set up by `distributed.init_distributed` in runs of more than one r
 2. A heartbeat: each rank writes the time into the rendezvous store (the TCPStore at
    MASTER_ADDR:MASTER_PORT) every 0.5-2 s, from its own thread and its own connection.
 3. When a collective fails, the failing rank watches the heartbeats for 2.5 periods and prints one
-   line naming the ranks whose heartbeat did not advance (or saying that the store itself, on rank 0's node, is unreachable), then exits
-   at once with status 1, without running exit handlers that could wait on the dead peer. A launcher
-   (deepspeed, torchrun, srun) sees the non-zero exit and stops the ranks it started.
+   line naming the ranks whose heartbeat did not advance (or saying that the store itself, on rank
+   0's node, is unreachable), then exits at once with status 1, without running exit handlers that
+   could wait on the dead peer. A launcher (deepspeed, torchrun, srun) sees the non-zero exit and
+   stops the ranks it started.
 """
 from __future__ import annotations
 

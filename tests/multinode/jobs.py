@@ -1,7 +1,6 @@
 """A training job of 2 ranks that runs until it is made to fail, and what the tests check about its end."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -59,8 +58,3 @@ def alive(procs) -> list:
             pass
     return left
 
-
-def metrics_steps(save_dir: str) -> int:
-    path = os.path.join(save_dir, "logs", "metrics.jsonl")
-    with open(path) as f:
-        return sum(1 for line in f if json.loads(line)["stage"] == "sft")

@@ -53,8 +53,9 @@ class SSHNodes:
                         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
                         f"StrictModes no\nPidFile {f}/sshd_{i}.pid\nAcceptEnv *\n")
             sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-            self.procs.append(subprocess.Popen(["ip", "netns", "exec", node.namespace, sshd, "-D", "-e", "-f", conf],
-                                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(f, f"sshd_{i}.log"), "w")))
+            with open(os.path.join(f, f"sshd_{i}.log"), "w") as log:
+                self.procs.append(subprocess.Popen(["ip", "netns", "exec", node.namespace, sshd, "-D", "-e", "-f", conf],
+                                                   stdout=subprocess.DEVNULL, stderr=log))
         os.makedirs(os.path.join(self.client_etc, "ssh"), exist_ok=True)
         with open(os.path.join(self.client_etc, "ssh", "ssh_config"), "w") as c:
             c.write(f"Host *\n  IdentityFile {f}/client_key\n  User root\n  StrictHostKeyChecking no\n"

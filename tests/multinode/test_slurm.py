@@ -43,7 +43,8 @@ def slurm(request, tmp_path):
                      "SLURMCTLD_ADDR": cluster.host_address}
             nodes = ["--nodes=2", "--ntasks-per-node=1"]
         d = str(tmp_path / "slurm")
-        made = subprocess.run([SETUP, "start", d], capture_output=True, text=True, timeout=600, env={**os.environ, **extra})
+        made = subprocess.run([SETUP, "start", d], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, **extra})
         stack.callback(subprocess.run, [SETUP, "stop", d], capture_output=True)
         if made.returncode != 0:
             if shutil.which("slurmctld") is None:
