@@ -10,7 +10,8 @@ iteration hands the phases generation, rewards, experience, training) is read by
 `PhaseTimer.pop`; iteration boundaries come from wrapping the module-level `sample_groups` that
 rl_loop calls first in each iteration, and `evaluate_policy`, which it calls once after the last one
 (ppo.eval_interval=0). An iteration's wall time is from one `sample_groups` call to the next, so it also
-counts the loop's bookkeeping (metrics, reductions, logging) that no phase covers.
+counts the loop's bookkeeping (metrics, reductions, logging) that no phase covers. With the
+RLHF_DS_E2E_BATON_* variables set, each iteration waits for its turn first (e2e_baton.py), untimed.
 """
 import json
 import os
@@ -51,15 +52,24 @@ def main() -> None:
     from rlhf_ds.pipeline import create_rlhf_pipeline
     from rlhf_ds.trainers import rl_loop
 
-    marks, phases = [], []
+    from e2e_baton import Baton
+
+    baton = Baton()
+    starts, ends, phases = [], [], []
     real_sample, real_eval, real_pop = rl_loop.sample_groups, rl_loop.evaluate_policy, rl_logging.PhaseTimer.pop
 
     def sample_groups(*a, **k):
-        marks.append(("iteration", time.perf_counter()))
+        if starts:                        # the previous iteration ends here
+            ends.append(time.perf_counter())
+            baton.give()
+        baton.take()
+        starts.append(time.perf_counter())
         return real_sample(*a, **k)
 
     def evaluate_policy(*a, **k):
-        marks.append(("eval", time.perf_counter()))
+        if len(ends) < len(starts):       # the evaluation after the last iteration: that iteration ends
+            ends.append(time.perf_counter())
+            baton.finish()
         return real_eval(*a, **k)
 
     def pop(self):
@@ -74,9 +84,6 @@ def main() -> None:
     t0 = time.perf_counter()
     summary = pipe.run_rl_training()
     total = time.perf_counter() - t0
-    starts = [t for kind, t in marks if kind == "iteration"]
-    evals = [t for kind, t in marks if kind == "eval"]
-    ends = starts[1:] + [evals[-1]]
     walls = [e - s for s, e in zip(starts, ends)]
     metrics = [json.loads(line) for line in open(os.path.join(pipe.cfg.save_dir, "logs", "metrics.jsonl"))]
     lengths = [m["response_length"] for m in metrics if "response_length" in m]

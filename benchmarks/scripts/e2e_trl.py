@@ -17,6 +17,8 @@ Timing, without editing TRL (wrappers around what its trainers call):
   GRPO: the iteration boundaries likewise; generation is `GRPOTrainer._generate` (sampling, decoding);
        experience is the rest of `_generate_and_score_completions` (rewards, old and reference
        log-probs, advantages); training is the rest of the step (loss, backward, optimizer, logging).
+With the RLHF_DS_E2E_BATON_* variables set, each iteration waits for its turn first (e2e_baton.py),
+untimed.
 """
 import json
 import os
@@ -88,12 +90,26 @@ def main() -> None:
     clock = Clock()
     lengths = []
 
+    from e2e_baton import Baton
+
+    baton = Baton()
+
     class Boundaries(TrainerCallback):
+        steps = 0
+
         def on_train_begin(self, args, state, control, **kw):
+            baton.take()
             clock.begin()
 
         def on_step_end(self, args, state, control, **kw):
             clock.end()
+            self.steps += 1
+            if self.steps == ITERS:
+                baton.finish()
+            else:
+                baton.give()
+                baton.take()
+                clock.begin()
 
     policy = AutoModelForCausalLM.from_pretrained(os.path.join(WORK, "policy"))
     out_dir = os.path.join(WORK, f"trl_{ALGO}_{os.getpid()}")
