@@ -62,9 +62,9 @@ def _head(data, name, d, n):
     return dst
 
 
-def _run(stage, d, ranks, demo_task, resume=False):
+def _run(stage, d, ranks, demo_task, resume=False, more=()):
     script, out, extra = _stage_args(stage, demo_task, os.path.dirname(d))
-    args = ["--deepspeed", "configs/zero3.json", "--save_dir", d, *TINY, "--save_interval=2", *extra]
+    args = ["--deepspeed", "configs/zero3.json", "--save_dir", d, *TINY, "--save_interval=2", *extra, *more]
     proc = run_deepspeed(os.path.join(REPO, "launch", script), args + (["--resume"] if resume else []),
                          ranks=ranks, timeout=600)
     return os.path.join(d, out), proc.stdout + proc.stderr
@@ -125,3 +125,20 @@ def test_resume_on_another_world_size_continues_exactly(tmp_path, demo_task, sta
     assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[0]] == [1, 2, 3, 4]
     for ra, rb in zip(logs[0][2:], logs[1][2:]):
         assert ra[figure] == pytest.approx(rb[figure], rel=1e-4, abs=1e-6), ra["step"]
+
+
+@pytest.mark.slow
+def test_a_zero3_ema_is_not_resumed_on_another_world_size(tmp_path, demo_task):
+    """PPO's EMA keeps one ZeRO-3 shard per rank, which nothing re-cuts: the resume stops with one line
+    (exit 2, no traceback) instead of loading shards that belong to other parameters."""
+    straight = str(tmp_path / "straight")
+    shutil.copytree(demo_task, os.path.join(straight, "task"))
+    _run("ppo", straight, 2, demo_task, more=["--ppo.ema_beta=0.9"])
+    resumed = str(tmp_path / "resumed")
+    _copy_before_the_end(straight, resumed, "ppo", "ppo")
+    shutil.rmtree(os.path.join(resumed, "ppo_ema"))
+    with pytest.raises(AssertionError) as failed:
+        _run("ppo", resumed, 1, demo_task, resume=True, more=["--ppo.ema_beta=0.9"])
+    text = str(failed.value)
+    assert "exited 2" in text and "per-rank ZeRO-3 shards of trainer state" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
