@@ -42,9 +42,13 @@ def convert(engine_dir: str, tag: str) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         # One worker: the converter's process pool would fork a copy of this rank (with its process
         # group and threads) per worker; the files are small next to a rank's own work.
+        # inject_missing_state: a ZeRO-1/2 checkpoint of a model without Megatron's tensor-parallel
+        # description lacks the (then trivial) `universal_checkpoint_info`, and the converter refuses
+        # it; this adds the plain version record, which is all a model without tensor or pipeline
+        # parallelism needs. ZeRO-3 checkpoints do not use it.
         args = argparse.Namespace(input_folder=os.path.join(engine_dir, tag), output_folder=staging,
                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                                  strict=True, inject_missing_state=False)
+                                  strict=True, inject_missing_state=True)
         # Its progress lines and bars are not the run's log (errors still raise).
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ds_to_universal(args)
