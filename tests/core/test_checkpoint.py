@@ -74,14 +74,23 @@ def test_missing_checkpoint_named_by_latest_is_an_error(engine, tmp_path):
         ckpt.load({"tiny": engine})
 
 
-def test_resume_with_another_world_size_is_refused(engine, tmp_path):
+def test_resume_with_another_world_size_loads_and_says_so(engine, tmp_path):
+    """A checkpoint of another world size is no longer refused (issue 11): below ZeRO its one optimizer
+    file loads as it is (ZeRO checkpoints go through the universal format, tested on real ranks in
+    tests/multirank/test_resume_world_size.py); the state says which world size wrote it."""
     ckpt = CheckpointManager(str(tmp_path))
+    _train_step(engine)
+    before = engine.module.lin.weight.detach().clone()
     path = ckpt.save("step1", {"tiny": engine}, {"step": 1})
+    first_draw = torch.rand(3)
     state_file = os.path.join(path, "trainer_state.json")
     with open(state_file) as f:
         state = json.load(f)
     assert state["world_size"] == 1          # recorded by the manager itself
     with open(state_file, "w") as f:         # as if 4 ranks had written it
         json.dump({**state, "world_size": 4}, f)
-    with pytest.raises(RuntimeError, match="written by 4 ranks"):
-        ckpt.load({"tiny": engine})
+    _train_step(engine)
+    loaded = ckpt.load({"tiny": engine})
+    assert loaded["_resharded_from"] == 4 and loaded["_rng"] == "saved"
+    assert torch.equal(engine.module.lin.weight, before)
+    assert torch.equal(torch.rand(3), first_draw)   # rank 0 continues its own stream
