@@ -27,9 +27,12 @@ def _first_update(tmp_path, demo_task, name, model_dropout, extra):
     out = str(tmp_path / name)
     shutil.copytree(demo_task, os.path.join(out, "task"))
     base = _with_dropout(os.path.join(demo_task, "base_model"), str(tmp_path / f"{name}_base"), model_dropout)
-    # One epoch over one minibatch: the only update sees exactly the policy that sampled the data.
+    # One epoch over one minibatch: the only update sees exactly the policy that sampled the data. Two
+    # micro-batches of 8, so that the update runs its own forward (one micro-batch would reuse step 4's,
+    # rl_onestep.py, where the ratio is 1 by construction).
     pipe = create_rlhf_pipeline(None, [*TINY, f"--save_dir={out}", "--data.demo_eval_prompts=4",
                                        "--ppo.iterations=1", "--ppo.ppo_epochs=1", "--ppo.minibatch_size=16",
+                                       "--ppo.micro_batch_size=8",
                                        f"--model.sft_model_path={base}", f"--model.reward_model_path={base}",
                                        *extra])
     pipe.run_ppo_training()
