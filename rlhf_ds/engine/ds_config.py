@@ -91,8 +91,8 @@ def inference_config(base: Dict[str, Any], *, micro_batch_size: int, world_size:
                      offload_params: bool = False) -> Dict[str, Any]:
     """A reference/reward engine's config: ZeRO-3 partitioned (like training) with no optimizer state,
     optionally with parameters offloaded to CPU memory. On one rank without offload, a plain module
-    (stage 0): a partition of one is the whole model, so ZeRO-3 would save nothing and its per-module
-    hooks cost (measured: DPO's one-process throughput)."""
+    (stage 0): a partition of one is the whole model, so ZeRO-3 would save nothing and only add its
+    per-module hooks."""
     zero = {k: v for k, v in base.get("zero_optimization", {}).items()
             if k not in ("offload_optimizer",)}
     partitioned = zero_stage(base) == 3 and (world_size > 1 or offload_params)
