@@ -27,6 +27,7 @@ import sys
 from datetime import datetime, timezone
 
 import pytest
+from launching import deepspeed_cmd
 
 pytest.importorskip("trl", reason="TRL is not installed: pip install -e '.[bench]' (TRL 1.12) to compare with it")
 
@@ -34,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results", "dpo_throughput.json")
 TRL_SCRIPT = os.path.join(HERE, "scripts", "dpo_trl.py")
-OURS_SCRIPT = os.path.join(HERE, "scripts", "dpo_rlhf_ds.py")
+DPO = os.path.join(REPO, "launch", "train_dpo.py")
 TARGET = 1.5
 PAIRS = int(os.environ.get("RLHF_DS_DPO_BENCH_PAIRS", "1280"))
 REPEATS = int(os.environ.get("RLHF_DS_DPO_BENCH_REPEATS", "2"))
@@ -70,11 +71,23 @@ def _trl(demo, i):
     return json.loads(out.read_text())
 
 
-def _ours(demo, config, i):
-    out = demo["root"] / f"ours_{config}_{i}.json"
-    _run([sys.executable, OURS_SCRIPT, demo["model"], demo["pairs"], demo["eval"], str(out),
-          "--deepspeed", os.path.join(REPO, "configs", f"{config}.json"), "--work", str(demo["root"] / f"run_{config}_{i}")])
-    return json.loads(out.read_text())
+def _ours(demo, config, i, batch=32):
+    """rlhf_ds's DPO on one process, as a user runs it (the deepspeed launcher and launch/train_dpo.py).
+    pairs_per_s is what the stage logs at its last step (pairs trained / seconds since the first step
+    began), cpu_pairs_per_s the same per CPU second; final_loss the mean training loss over the steps
+    (TRL's train_loss is the same mean)."""
+    work = demo["root"] / f"run_{config}_{i}"
+    _run(deepspeed_cmd(DPO, [
+        "--deepspeed", os.path.join(REPO, "configs", f"{config}.json"), f"--model.name_or_path={demo['model']}",
+        f"--model.sft_model_path={demo['model']}", f"--dpo.data_path={demo['pairs']}", f"--dpo.eval_path={demo['eval']}",
+        "--data.max_length=64", "--data.max_prompt_length=32", "--dpo.beta=0.1", "--dpo.learning_rate=5e-4",
+        "--dpo.lr_scheduler=cosine", f"--dpo.batch_size={batch}", f"--dpo.max_steps={PAIRS // batch}",
+        "--logging.log_interval=1", "--logging.progress=false", f"--save_dir={work}"], 1))
+    with open(work / "logs" / "metrics.jsonl") as f:
+        steps = [r for r in map(json.loads, f) if r.get("stage") == "dpo" and "pairs_per_s" in r]
+    return {"pairs": steps[-1]["step"] * batch, "pairs_per_s": steps[-1]["pairs_per_s"],
+            "pairs_per_cpu_s": steps[-1]["cpu_pairs_per_s"], "steps": steps[-1]["step"],
+            "final_loss": sum(r["loss"] for r in steps) / len(steps), "config": config}
 
 
 def test_dpo_throughput_against_trl(demo):

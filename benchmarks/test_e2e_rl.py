@@ -37,8 +37,6 @@ RLHF_DS_E2E_ROUNDS sets the rounds (default 2).
 """
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from launching import deepspeed_cmd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -64,12 +63,6 @@ CASES = {
     "ppo_25m_z2": ("ppo", "25m", "zero2.json", 32, 64, 1, 1, 6, 1.5),
     "grpo_4m_z2": ("grpo", "4m", "zero2.json", 16, 32, 4, 2, 8, 1.5),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -104,10 +97,9 @@ def tool_command(tool: str, work_dir, case: str, round_: int):
     iters = warmup + timed
     out = os.path.join(str(work_dir), f"{case}_{tool}_{round_}.json")
     if tool.startswith("rlhf_ds"):
-        launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-        cmd = [launcher, "--num_gpus", "1", "--master_port", str(_free_port()), os.path.join(SCRIPTS, "e2e_rlhf_ds.py"),
-               str(work_dir), algo, os.path.join(REPO, "configs", ds_config), str(iters), str(prompts), str(tokens),
-               str(group), out, *(["twice"] if tool == "rlhf_ds_twice" else [])]
+        cmd = deepspeed_cmd(os.path.join(SCRIPTS, "e2e_rlhf_ds.py"),
+                            [str(work_dir), algo, os.path.join(REPO, "configs", ds_config), str(iters), str(prompts),
+                             str(tokens), str(group), out, *(["twice"] if tool == "rlhf_ds_twice" else [])], 1)
     else:
         cmd = [sys.executable, os.path.join(SCRIPTS, "e2e_trl.py"), str(work_dir), algo, str(iters), str(prompts),
                str(tokens), str(group), out]

@@ -22,14 +22,12 @@ with environment variables, e.g.
 """
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 
 import pytest
+from launching import deepspeed_cmd
 
 pytestmark = pytest.mark.multirank
 
@@ -40,17 +38,10 @@ RESULTS_DIR = os.path.join(HERE, "results")
 TARGET_SPEEDUP = 5.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_deepspeed(script: str, args, ranks: int, timeout: int) -> subprocess.CompletedProcess:
     """Run `script` on `ranks` local ranks through the real deepspeed launcher; raise with the
     tail of the output on failure."""
-    launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(_free_port()), script, *args]
+    cmd = deepspeed_cmd(script, args, ranks)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
