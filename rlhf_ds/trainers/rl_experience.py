@@ -5,7 +5,7 @@ Every per-token tensor is `(B, R)`, aligned with the response tokens (see rl_sam
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 
@@ -34,6 +34,12 @@ class Scored(NamedTuple):
     values: Optional[torch.Tensor]              # (B, R) or None
 
 
+def eos_blocking(min_new_tokens: int, eos_token_id: Optional[int]) -> Dict[str, object]:
+    """PolicyModel.forward's keywords that score responses sampled with EOS blocked at their first
+    `min_new_tokens` positions under that same distribution ({} when nothing was blocked)."""
+    return dict(min_new_tokens=min_new_tokens, eos_token_id=eos_token_id) if min_new_tokens else {}
+
+
 @torch.no_grad()
 def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic: Optional[Engine], micro: int,
                   temperature: float, min_new_tokens: int = 0, eos_token_id: Optional[int] = None) -> Scored:
@@ -42,7 +48,7 @@ def score_rollout(rollout: Rollout, actor: Engine, ref: Optional[Engine], critic
     `min_new_tokens` and `eos_token_id`: the responses were sampled with EOS blocked at their first
     `min_new_tokens` positions, so they are scored under the same distribution (PolicyModel.forward).
     `actor` None: no old log-probs (rl_onestep.py takes them from the update's forward)."""
-    blocked = dict(min_new_tokens=min_new_tokens, eos_token_id=eos_token_id) if min_new_tokens else {}
+    blocked = eos_blocking(min_new_tokens, eos_token_id)
     r = rollout.response_length
     old_lp, ref_lp, values = [], [], []
     trained = [e for e in (actor, critic) if e is not None]

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from ..engine import Engine
-from .rl_experience import Scored, score_rollout
+from .rl_experience import Scored, eos_blocking, score_rollout
 from .rl_sampling import Rollout
 from .rl_update import UpdateSettings, minibatches
 
@@ -54,7 +54,7 @@ def score_with_update_forward(rollout: Rollout, actor: Engine, ref, critic: Opti
     rows = next(minibatches(len(rollout), s.minibatch_per_rank, s.ppo_epochs, s.seed))
     part = rollout.index(rows)
     r = rollout.response_length
-    blocked = dict(min_new_tokens=s.min_new_tokens, eos_token_id=s.eos_token_id) if s.min_new_tokens else {}
+    blocked = eos_blocking(s.min_new_tokens, s.eos_token_id)
     # Train mode, as the update runs (dropout is off in every trained model, so this is the eval forward).
     actor_out = actor(part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature,
                       with_entropy=True, **blocked)

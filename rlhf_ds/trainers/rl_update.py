@@ -15,7 +15,7 @@ import torch
 
 from ..engine import Engine
 from ..rl import aggregate_loss, per_token_kl, ppo_policy_loss, token_mean, value_loss
-from .rl_experience import Experience
+from .rl_experience import Experience, eos_blocking
 from .rl_metrics import StatSums, reduce_sums
 from .sft import sft_token_loss
 
@@ -68,6 +68,7 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
     Losses are logged as the mean over optimizer steps of each step's loss; per-token figures as
     token-weighted means."""
     stats = StatSums()
+    blocked = eos_blocking(s.min_new_tokens, s.eos_token_id)
     r = exp.action_mask.shape[1]
     n_minibatches = 0
     use_ptx = ptx_batches is not None and s.ptx_coef > 0
@@ -91,7 +92,6 @@ def rl_update(exp: Experience, actor: Engine, critic: Optional[Engine], s: Updat
         # 6a. actor: clipped surrogate (+ entropy bonus) (+ KL loss) (+ ptx) on each micro-batch.
         for i, part in enumerate(parts):
             mask = part.action_mask
-            blocked = dict(min_new_tokens=s.min_new_tokens, eos_token_id=s.eos_token_id) if s.min_new_tokens else {}
             out = shared.actor_out if shared is not None else actor(
                 part.sequences, part.attention_mask, num_scored=r, temperature=s.temperature, with_entropy=True,
                 **blocked)
