@@ -145,9 +145,9 @@ class CheckpointManager:
         directory = os.path.join(self.root, tag)
         saved_world = state["world_size"]
         resharded = saved_world != info.world_size
-        extra_rank = info.rank
         if resharded:
-            extra_rank = _check_extras(directory, engines, saved_world, info.world_size)
+            _refuse_zero3_extras(directory, engines, saved_world, info.world_size)
+        extra_rank = 0 if resharded else info.rank     # below ZeRO-3 every rank's extras are the same
         for name, engine in engines.items():
             if resharded:
                 universal.load(engine, os.path.join(directory, name), _ENGINE_TAG)
@@ -210,12 +210,10 @@ def _restore_rng(directory: str, rank: int, saved_world: int) -> str:
     return "derived"
 
 
-def _check_extras(directory: str, engines: Dict[str, Engine], saved_world: int, world: int) -> int:
-    """Which rank's extra file every rank loads when the world size changed (0), or a UserError when
-    the extras are ZeRO-3 partitions."""
+def _refuse_zero3_extras(directory: str, engines: Dict[str, Engine], saved_world: int, world: int) -> None:
+    """A UserError when the world size changed and the checkpoint's per-rank extras are ZeRO-3 partitions."""
     has_extras = any(os.path.exists(os.path.join(directory, f"extra_rank{r}.pt")) for r in range(saved_world))
     if has_extras and any(e.zero_stage == 3 for e in engines.values()):
         raise UserError(f"cannot resume {directory} (written by {saved_world} ranks) on {world}: it holds "
                         f"per-rank ZeRO-3 shards of trainer state (the EMA of ppo.ema_beta) that cannot be "
                         f"re-cut for another number of ranks; resume on {saved_world} ranks")
-    return 0
