@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from ..multirank.launcher import free_port, run_deepspeed
 from . import netns
-from .conftest import TINY, clean_env, read_jsonl
+from .conftest import TINY, clean_env, read_jsonl, strip_times
 from .jobs import REPO, SFT, long_sft_args, wait_for_steps
 
 pytestmark = pytest.mark.multinode
@@ -96,10 +96,8 @@ def test_sft_and_zero3_ppo_across_two_nodes_equal_one_node(tmp_path, demo_task, 
     assert max(float((ppo[k] - base[k]).abs().max()) for k in base if k in ppo) > 1e-4, "PPO changed nothing"
     _same_weights(os.path.join(one, "sft"), os.path.join(two, "sft"))
     _same_weights(os.path.join(one, "ppo"), os.path.join(two, "ppo"))
-    drop = ("time", "tokens_per_s", "generation_tokens_per_s")
-    rows = [[{k: v for k, v in r.items() if k not in drop and not k.startswith("time_") and not k.endswith("_per_s")}
-             for r in read_jsonl(os.path.join(d, "logs", "metrics.jsonl")) if r["stage"] in ("sft", "ppo")]
-            for d in (one, two)]
+    rows = [strip_times([r for r in read_jsonl(os.path.join(d, "logs", "metrics.jsonl"))
+                         if r["stage"] in ("sft", "ppo")]) for d in (one, two)]
     assert len(rows[0]) == len(rows[1]) > 0
     for ra, rb in zip(*rows):
         assert ra.keys() == rb.keys()
